@@ -1,0 +1,218 @@
+//! One request through the proxy: find its route and key, then either hand a
+//! WebSocket upgrade to `upgrade` or forward a plain request through the
+//! pooled client, streaming both bodies.
+//!
+//! Plain requests and WebSockets share the same route, key and ring, so a
+//! client's long-polling fallback lands on the same backend as its WebSocket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::Either;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info};
+
+use crate::balance::hash_key;
+use crate::error::ProxyError;
+use crate::route;
+use crate::server::Shared;
+use crate::snapshot::{Backend, Pool, Snapshot};
+use crate::upgrade::{self, Kind};
+use crate::upstream::{self, ForwardedFor};
+
+/// The body of every response tidegate sends to a client: a backend's
+/// streamed body, or a small one of our own.
+pub type ProxyBody = Either<Tracked, http_body_util::Full<Bytes>>;
+
+/// What every request of one client connection shares.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    /// The snapshot current when the connection was accepted; kept for its life.
+    pub snapshot: Arc<Snapshot>,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    /// "http" or "https", for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The connection's place under `limits.max_connections`, held by any
+    /// tunnel it turns into, so tunnels count against the limit too.
+    pub _permit: OwnedSemaphorePermit,
+}
+
+/// One request's routing result, carried through its exchange.
+pub struct Exchange {
+    pub key: Vec<u8>,
+    pub key_hash: u64,
+}
+
+impl Exchange {
+    /// Counts one exchange's outcome and the status the client gets.
+    pub fn record(&self, ctx: &ConnCtx, pool: &Pool, backend: &str, kind: &str, outcome: &str, status: StatusCode) {
+        let m = &ctx.shared.metrics;
+        m.connections_total.with_label_values(&[&*ctx.listener, &*pool.name, backend, kind, outcome]).inc();
+        m.requests_total.with_label_values(&[&*pool.name, backend, status.as_str()]).inc();
+    }
+
+    /// The client's answer when the exchange failed, counted and logged.
+    pub fn fail(&self, ctx: &ConnCtx, pool: &Pool, backend: Option<usize>, err: ProxyError) -> Response<ProxyBody> {
+        let addr = backend.map_or("", |i| &*pool.backends[i].addr);
+        debug!(pool = %pool.name, backend = addr, error = %err, "exchange failed");
+        let resp = err.to_response();
+        self.record(ctx, pool, addr, "http", err.outcome(), resp.status());
+        resp
+    }
+}
+
+/// The service of every client connection.
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let resp = route_and_forward(&ctx, req).await;
+    info!(
+        target: "tidegate::access",
+        client = %ctx.client,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+    );
+    Ok(resp)
+}
+
+async fn route_and_forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let snapshot = &ctx.snapshot;
+    let (parts, body) = req.into_parts();
+    let Some(route) = route::find(&snapshot.routes, &ctx.listener, route::request_host(&parts), parts.uri.path())
+    else {
+        return ProxyError::NoRoute.to_response();
+    };
+    let pool = snapshot.pools[route.pool].clone();
+    let ip = ctx.client.ip();
+    let key = route::extract_key(&pool.hash_key, &parts, ip)
+        .or_else(|| route::extract_key(&pool.fallback_key, &parts, ip))
+        .map(|k| k.into_owned())
+        .unwrap_or_default();
+    let ex = Exchange { key_hash: hash_key(&key), key };
+
+    match upgrade::classify(&parts) {
+        Kind::WebSocket => upgrade::proxy(ctx.clone(), Request::from_parts(parts, body), pool, ex).await,
+        Kind::Invalid(reason) => ex.fail(ctx, &pool, None, ProxyError::BadHandshake(reason)),
+        Kind::Plain => forward(ctx, Request::from_parts(parts, body), &pool, ex).await,
+    }
+}
+
+/// Forwards a plain request to the key's backend and streams the answer back.
+async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, ex: Exchange) -> Response<ProxyBody> {
+    let Some(idx) = pool.pick(ex.key_hash, &[]) else {
+        return ex.fail(ctx, pool, None, ProxyError::NoBackend(pool.name.to_string()));
+    };
+    let backend = pool.backends[idx].clone();
+    let (mut parts, body) = req.into_parts();
+
+    let host = route::request_host(&parts).map(str::to_owned);
+    upstream::strip_hop_by_hop(&mut parts.headers);
+    upstream::add_forwarded(&mut parts.headers, &ForwardedFor { client: ctx.client, proto: ctx.proto, host: host.as_deref() });
+    if let (None, Some(h)) = (parts.headers.get(header::HOST), host.as_deref()) {
+        // An HTTP/2 client names the host in the URI only; HTTP/1.1 needs the header.
+        if let Ok(v) = HeaderValue::from_str(h) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match Uri::try_from(format!("http://{}{}", backend.addr, path)) {
+        Ok(uri) => uri,
+        Err(_) => return ex.fail(ctx, pool, Some(idx), ProxyError::NoRoute),
+    };
+    parts.version = Version::HTTP_11;
+
+    let m = &ctx.shared.metrics;
+    let active = m.connections_active.with_label_values(&[&*ctx.listener, &*pool.name, &*backend.addr, "http"]);
+    active.inc();
+    backend.open.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight { backend: backend.clone(), active, started: Instant::now(), ctx: ctx.clone() };
+
+    let sent = ctx.shared.http.request(Request::from_parts(parts, body));
+    let mut resp = match tokio::time::timeout(ctx.snapshot.limits.response_timeout, sent).await {
+        Err(_) => return ex.fail(ctx, pool, Some(idx), ProxyError::Timeout(backend.addr.to_string())),
+        Ok(Err(e)) if e.is_connect() => {
+            backend.connect_failed();
+            let source = std::io::Error::other(e);
+            return ex.fail(ctx, pool, Some(idx), ProxyError::Connect { backend: backend.addr.to_string(), source });
+        }
+        Ok(Err(e)) => {
+            let err = ProxyError::Backend { backend: backend.addr.to_string(), source: Box::new(e) };
+            return ex.fail(ctx, pool, Some(idx), err);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    backend.connect_succeeded();
+    ex.record(ctx, pool, &backend.addr, "http", "ok", resp.status());
+    upstream::strip_hop_by_hop(resp.headers_mut());
+    let bytes = m.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
+    resp.map(|body| Either::Left(Tracked { inner: body, bytes, _in_flight: Some(in_flight) }))
+}
+
+/// Holds a plain exchange open in the metrics until its response body is done.
+pub struct InFlight {
+    backend: Arc<Backend>,
+    active: IntGauge,
+    started: Instant,
+    ctx: Arc<ConnCtx>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.active.dec();
+        self.backend.open.fetch_sub(1, Ordering::Relaxed);
+        let m = &self.ctx.shared.metrics;
+        m.connection_duration
+            .with_label_values(&[&*self.backend.pool, "http"])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A backend's response body on its way to the client, counted as it streams.
+pub struct Tracked {
+    inner: Incoming,
+    bytes: IntCounter,
+    /// Present for plain exchanges, which stay active until the body is done.
+    _in_flight: Option<InFlight>,
+}
+
+impl Tracked {
+    /// A body counted in `bytes` and tracked by nothing else.
+    pub fn counted(inner: Incoming, bytes: IntCounter) -> Tracked {
+        Tracked { inner, bytes, _in_flight: None }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.inc_by(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,264 @@
+//! The WebSocket hand-off: recognising an upgrade, refusing an invalid one
+//! before it reaches a backend, forwarding the handshake on a connection of
+//! its own, relaying the backend's answer exactly, and after a `101` starting
+//! the tunnel.
+//!
+//! Only `Upgrade: websocket` becomes a tunnel: a request asking to upgrade to
+//! anything else (h2c, ...) is forwarded as a plain request with its
+//! hop-by-hop headers removed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::error::ProxyError;
+use crate::proxy::{ConnCtx, Exchange, ProxyBody, Tracked};
+use crate::snapshot::Pool;
+use crate::tunnel::{self, Counter};
+use crate::upstream::{self, ForwardedFor};
+
+/// What kind of request this is, as far as upgrades go.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// No WebSocket upgrade asked for: forward as a plain request.
+    Plain,
+    /// A valid WebSocket opening handshake.
+    WebSocket,
+    /// A WebSocket upgrade that breaks RFC 6455: answer 400 with the reason.
+    Invalid(&'static str),
+}
+
+/// Whether a header holds `token` in its comma-separated list, ignoring case.
+fn has_token(parts: &Parts, name: header::HeaderName, token: &str) -> bool {
+    parts
+        .headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Classifies a request (RFC 6455 §4.2.1).
+pub fn classify(parts: &Parts) -> Kind {
+    if !has_token(parts, header::UPGRADE, "websocket") || !has_token(parts, header::CONNECTION, "upgrade") {
+        return Kind::Plain;
+    }
+    if parts.method != Method::GET {
+        return Kind::Invalid("the method must be GET");
+    }
+    if parts.version != Version::HTTP_11 {
+        return Kind::Invalid("the request must be HTTP/1.1");
+    }
+    if parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Kind::Invalid("Sec-WebSocket-Version must be 13");
+    }
+    let key_ok = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.as_bytes()).ok())
+        .is_some_and(|k| k.len() == 16);
+    if !key_ok {
+        return Kind::Invalid("Sec-WebSocket-Key must be 16 bytes in base64");
+    }
+    Kind::WebSocket
+}
+
+/// Forwards a WebSocket handshake to a backend of `pool` and relays its
+/// answer; after a `101` the tunnel runs in a task of its own.
+pub async fn proxy(ctx: Arc<ConnCtx>, mut req: Request<Incoming>, pool: Arc<Pool>, ex: Exchange) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let on_client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    let limits = &ctx.snapshot.limits;
+
+    // Connect, walking the ring past backends that refuse: nothing was sent
+    // yet, so trying the next one is safe.
+    let mut tried: Vec<usize> = Vec::new();
+    let (idx, stream) = loop {
+        let Some(idx) = pool.pick(ex.key_hash, &tried) else {
+            return ex.fail(&ctx, &pool, None, ProxyError::NoBackend(pool.name.to_string()));
+        };
+        let backend = &pool.backends[idx];
+        match upstream::dial(&backend.addr, limits.connect_timeout).await {
+            Ok(stream) => {
+                backend.connect_succeeded();
+                break (idx, stream);
+            }
+            Err(source) => {
+                debug!(backend = %backend.addr, error = %source, "backend connect failed");
+                backend.connect_failed();
+                tried.push(idx);
+                if tried.len() >= pool.backends.len().min(3) {
+                    let err = ProxyError::Connect { backend: backend.addr.to_string(), source };
+                    return ex.fail(&ctx, &pool, Some(idx), err);
+                }
+            }
+        }
+    };
+    let backend = pool.backends[idx].clone();
+
+    // The handshake as the backend sees it: end-to-end headers, the upgrade
+    // pair, and who the client is.
+    let upgrade = parts.headers.get(header::UPGRADE).cloned().unwrap_or(HeaderValue::from_static("websocket"));
+    upstream::strip_hop_by_hop(&mut parts.headers);
+    let host = crate::route::request_host(&parts).map(str::to_owned);
+    upstream::add_forwarded(
+        &mut parts.headers,
+        &ForwardedFor { client: ctx.client, proto: ctx.proto, host: host.as_deref() },
+    );
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    parts.headers.insert(header::UPGRADE, upgrade);
+    let mut out = Request::new(Empty::<Bytes>::new());
+    *out.method_mut() = Method::GET;
+    *out.uri_mut() = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse().unwrap_or_default();
+    *out.headers_mut() = parts.headers;
+
+    let answer = tokio::time::timeout(limits.response_timeout, async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn.with_upgrades());
+        sender.send_request(out).await
+    })
+    .await;
+    let mut resp = match answer {
+        Err(_) => return ex.fail(&ctx, &pool, Some(idx), ProxyError::Timeout(backend.addr.to_string())),
+        Ok(Err(e)) => {
+            let err = ProxyError::Backend { backend: backend.addr.to_string(), source: Box::new(e) };
+            return ex.fail(&ctx, &pool, Some(idx), err);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    ctx.shared.metrics.handshake_duration.with_label_values(&[&*pool.name]).observe(started.elapsed().as_secs_f64());
+
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The backend refused the upgrade: relay its answer as a plain response.
+        ex.record(&ctx, &pool, &backend.addr, "websocket", "refused", resp.status());
+        upstream::strip_hop_by_hop(resp.headers_mut());
+        let bytes = ctx.shared.metrics.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
+        return resp.map(|body| Either::Left(Tracked::counted(body, bytes)));
+    }
+
+    let on_backend_upgrade = hyper::upgrade::on(&mut resp);
+    ex.record(&ctx, &pool, &backend.addr, "websocket", "ok", resp.status());
+    let mut to_client = Response::new(Either::Right(Default::default()));
+    *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *to_client.headers_mut() = std::mem::take(resp.headers_mut());
+
+    let guard = ctx.shared.tunnels.open(ctx.client, ctx.listener.clone(), backend, &ex.key);
+    let span = info_span!("tunnel", id = guard.info.id, pool = %pool.name, backend = %guard.info.backend.addr);
+    tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, on_backend_upgrade).instrument(span));
+    to_client
+}
+
+/// Waits for both upgrades, then splices until the tunnel ends (or idles out).
+async fn run_tunnel(
+    ctx: Arc<ConnCtx>,
+    guard: crate::tunnels::TunnelGuard,
+    on_client: OnUpgrade,
+    on_backend: OnUpgrade,
+) {
+    let info = &guard.info;
+    let (pool, addr) = (&*info.backend.pool, &*info.backend.addr);
+    let m = &ctx.shared.metrics;
+    let active = m.connections_active.with_label_values(&[&*ctx.listener, pool, addr, "websocket"]);
+    active.inc();
+    let (client, backend) = match tokio::join!(on_client, on_backend) {
+        (Ok(c), Ok(b)) => (c, b),
+        (c, b) => {
+            debug!(client = ?c.err(), backend = ?b.err(), "upgrade did not complete");
+            active.dec();
+            return;
+        }
+    };
+    let up = Counter { tunnel: &info.bytes_up, metric: m.bytes_total.with_label_values(&[pool, addr, "upstream"]) };
+    let down = Counter { tunnel: &info.bytes_down, metric: m.bytes_total.with_label_values(&[pool, addr, "downstream"]) };
+    let splice = tunnel::run(client, backend, up, down);
+    let result = match ctx.snapshot.limits.idle_timeout {
+        None => splice.await,
+        Some(idle) => tokio::select! {
+            r = splice => r,
+            () = idle_watch(info, idle) => Err(std::io::ErrorKind::TimedOut.into()),
+        },
+    };
+    active.dec();
+    let age = info.opened.elapsed();
+    m.connection_duration.with_label_values(&[pool, "websocket"]).observe(age.as_secs_f64());
+    info!(
+        target: "tidegate::access",
+        client = %ctx.client,
+        key = %info.key,
+        bytes_up = info.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
+        bytes_down = info.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
+        seconds = age.as_secs_f64(),
+        result = %result.as_ref().map_or_else(|e| e.to_string(), |_| "closed".into()),
+        "tunnel closed"
+    );
+}
+
+/// Resolves once a whole `idle` period passes with no byte moving either way.
+/// Checked once per period (so the cut comes between one and two periods of
+/// silence) instead of touching a clock on every read.
+async fn idle_watch(info: &crate::tunnels::TunnelInfo, idle: Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let moved = || info.bytes_up.load(Relaxed) + info.bytes_down.load(Relaxed);
+    let mut last = moved();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = moved();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().method(method).uri("/ws");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const KEY: (&str, &str) = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    const VERSION: (&str, &str) = ("sec-websocket-version", "13");
+
+    #[test]
+    fn recognises_a_valid_handshake_in_any_case() {
+        let p = parts("GET", &[("upgrade", "WebSocket"), ("connection", "keep-alive, Upgrade"), KEY, VERSION]);
+        assert_eq!(classify(&p), Kind::WebSocket);
+    }
+
+    #[test]
+    fn other_upgrades_and_half_asks_are_plain() {
+        assert_eq!(classify(&parts("GET", &[("upgrade", "h2c"), ("connection", "upgrade"), KEY, VERSION])), Kind::Plain);
+        assert_eq!(classify(&parts("GET", &[("upgrade", "websocket"), KEY, VERSION])), Kind::Plain);
+        assert_eq!(classify(&parts("GET", &[])), Kind::Plain);
+    }
+
+    #[test]
+    fn invalid_handshakes_say_why() {
+        let up = [("upgrade", "websocket"), ("connection", "upgrade")];
+        let with = |extra: &[(&'static str, &'static str)]| [&up[..], extra].concat();
+        assert!(matches!(classify(&parts("POST", &with(&[KEY, VERSION]))), Kind::Invalid(m) if m.contains("GET")));
+        assert!(matches!(classify(&parts("GET", &with(&[KEY]))), Kind::Invalid(m) if m.contains("Version")));
+        assert!(matches!(classify(&parts("GET", &with(&[KEY, ("sec-websocket-version", "8")]))), Kind::Invalid(_)));
+        assert!(matches!(classify(&parts("GET", &with(&[VERSION]))), Kind::Invalid(m) if m.contains("Key")));
+        let short = ("sec-websocket-key", "c2hvcnQ=");
+        assert!(matches!(classify(&parts("GET", &with(&[short, VERSION]))), Kind::Invalid(m) if m.contains("Key")));
+    }
+}
