@@ -42,6 +42,7 @@ pub async fn accept_loop(
     // Rejections get a small task each to say 503 politely; bounded so an
     // overload cannot turn into unbounded tasks.
     let rejecting = Arc::new(Semaphore::new(256));
+    let open_gauge = shared.metrics.client_connections_active.with_label_values(&[&*name]);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -78,7 +79,9 @@ pub async fn accept_loop(
             client,
             proto: "http",
             _permit: permit,
+            open_gauge: open_gauge.clone(),
         });
+        open_gauge.inc();
         let span = info_span!("conn", client.addr = %client, listener = %name);
         tokio::spawn(connection::serve(stream, ctx).instrument(span));
     }

@@ -45,6 +45,14 @@ pub struct ConnCtx {
     /// The connection's place under `limits.max_connections`, held by any
     /// tunnel it turns into, so tunnels count against the limit too.
     pub _permit: OwnedSemaphorePermit,
+    /// `tidegate_client_connections_active` of this listener, decremented on drop.
+    pub open_gauge: IntGauge,
+}
+
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        self.open_gauge.dec();
+    }
 }
 
 /// One request's routing result, carried through its exchange.

@@ -1,0 +1,120 @@
+//! Starting a real tidegate in process on 127.0.0.1:0, and small clients for it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tidegate::Running;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The config every test starts from: one listener, one pool "echo" sticky
+/// by `?room=`, with `extra` TOML appended right after the pool's backends:
+/// its first lines may set pool keys, then tables such as `[limits]` follow.
+pub fn config_text(backends: &[SocketAddr], extra: &str) -> String {
+    let list = backends.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nlistener = \"public\"\npool = \"echo\"\n\n\
+         [pools.echo]\nhash_key = \"query:room\"\nfallback_key = \"ip\"\nbackends = [{list}]\n\n{extra}\n"
+    )
+}
+
+/// A proxy in front of `backends`.
+pub async fn start_proxy(backends: &[SocketAddr], extra: &str) -> Running {
+    let config = tidegate::config::parse(&config_text(backends, extra), "test.toml").expect("test config is valid");
+    tidegate::start(config).await.expect("proxy starts")
+}
+
+/// The public listener's address.
+pub fn addr(proxy: &Running) -> SocketAddr {
+    proxy.listener("public").expect("public listener")
+}
+
+/// Opens a WebSocket through the proxy; returns it with the backend that
+/// answered (its `x-backend` header).
+pub async fn ws(proxy: SocketAddr, path: &str) -> (Ws, String) {
+    let req = format!("ws://{proxy}{path}").into_client_request().expect("valid url");
+    let (ws, resp) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake within 10s")
+        .expect("handshake succeeds");
+    let backend = resp.headers().get("x-backend").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (ws, backend)
+}
+
+/// Sends `msg` and returns the next data message, bounded in time.
+pub async fn echo(ws: &mut Ws, msg: Message) -> Message {
+    ws.send(msg).await.expect("send");
+    next(ws).await
+}
+
+/// The next message other than a Pong, bounded in time.
+pub async fn next(ws: &mut Ws) -> Message {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message within 20s")
+            .expect("stream open")
+            .expect("valid message");
+        if !matches!(msg, Message::Pong(_)) {
+            return msg;
+        }
+    }
+}
+
+/// Sends raw bytes on a new connection and reads the whole answer until the
+/// server closes (bounded), as text.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A plain HTTP/1.1 GET through the proxy: (status, headers, body).
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("http1 handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", format!("{addr}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .expect("answer within 20s")
+        .expect("answer");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .expect("body within 20s")
+        .expect("body")
+        .to_bytes();
+    (parts.status.as_u16(), parts.headers, body.to_vec())
+}
+
+/// The number of open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Polls `cond` every 20 ms for up to 10 s; true once it held.
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
