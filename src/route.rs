@@ -37,19 +37,23 @@ pub fn find<'a>(routes: &'a [Route], listener: &str, host: Option<&str>, path: &
 /// Compares a configured host with the request's, ignoring case and, when the
 /// route names no port, the request's port.
 fn host_matches(route_host: &str, request_host: &str) -> bool {
-    if route_host.eq_ignore_ascii_case(request_host) {
-        return true;
-    }
-    !route_host.contains(':')
-        && strip_port(request_host).is_some_and(|h| h.eq_ignore_ascii_case(route_host))
+    let (route_name, route_port) = split_port(route_host);
+    let (name, port) = split_port(request_host);
+    route_name.eq_ignore_ascii_case(name) && (route_port.is_none() || route_port == port)
 }
 
-fn strip_port(host: &str) -> Option<&str> {
+/// Splits `host[:port]` (and `[v6][:port]`) into the name and the port.
+fn split_port(host: &str) -> (&str, Option<&str>) {
     if host.starts_with('[') {
-        // [v6]:port
-        return host.rfind("]:").map(|i| &host[..=i]);
+        return match host.rfind("]:") {
+            Some(i) => (&host[..=i], Some(&host[i + 2..])),
+            None => (host, None),
+        };
     }
-    host.rsplit_once(':').map(|(h, _)| h)
+    match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    }
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the Host header.

@@ -5,7 +5,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::backend::{RawEarlyBackend, TestBackend};
-use common::proxy::{addr, echo, next, raw_exchange, start_proxy, ws};
+use common::proxy::{addr, echo, next, raw_exchange, start_proxy, ws as open_ws};
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,7 @@ fn addrs(backends: &[TestBackend]) -> Vec<std::net::SocketAddr> {
 async fn text_binary_large_and_fragmented_messages_echo_intact() {
     let backends = three_backends().await;
     let proxy = start_proxy(&addrs(&backends), "").await;
-    let (mut ws, _) = ws(addr(&proxy), "/echo?room=r1").await;
+    let (mut ws, _) = open_ws(addr(&proxy), "/echo?room=r1").await;
 
     assert_eq!(echo(&mut ws, Message::text("hello")).await, Message::text("hello"));
     let binary: Vec<u8> = (0..=255).collect();
@@ -53,7 +53,7 @@ async fn ping_pong_and_close_handshakes_pass_both_ways() {
     let backends = three_backends().await;
     let proxy = start_proxy(&addrs(&backends), "").await;
 
-    let (mut ws, _) = ws(addr(&proxy), "/?room=p").await;
+    let (mut ws, _) = open_ws(addr(&proxy), "/?room=p").await;
     ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
     let pong = loop {
         match tokio::time::timeout(std::time::Duration::from_secs(10), futures_util::StreamExt::next(&mut ws)).await {
@@ -72,7 +72,7 @@ async fn ping_pong_and_close_handshakes_pass_both_ways() {
     }
 
     // Client-initiated 1001.
-    let (mut ws, _) = ws(addr(&proxy), "/?room=p").await;
+    let (mut ws, _) = open_ws(addr(&proxy), "/?room=p").await;
     ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "leaving".into() }))).await.unwrap();
     match next(&mut ws).await {
         Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (CloseCode::Away, "leaving")),
@@ -80,7 +80,7 @@ async fn ping_pong_and_close_handshakes_pass_both_ways() {
     }
 
     // Backend-initiated 1001 with a reason reaches the client.
-    let (mut ws, _) = ws(addr(&proxy), "/?room=p").await;
+    let (mut ws, _) = open_ws(addr(&proxy), "/?room=p").await;
     ws.send(Message::text("close:1001:server going away")).await.unwrap();
     match next(&mut ws).await {
         Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (CloseCode::Away, "server going away")),
@@ -96,7 +96,7 @@ async fn every_key_sticks_to_one_backend_and_keys_spread_over_all() {
     for round in 0..2 {
         for k in 0..100 {
             let room = format!("room-{k}");
-            let (mut ws, backend) = ws(addr(&proxy), &format!("/?room={room}")).await;
+            let (mut ws, backend) = open_ws(addr(&proxy), &format!("/?room={room}")).await;
             assert_eq!(echo(&mut ws, Message::text("whoami")).await, Message::text(backend.clone()));
             match home.get(&room) {
                 None => assert_eq!(round, 0),
@@ -145,16 +145,16 @@ async fn a_dead_backend_loses_its_keys_to_the_others_and_nothing_else_moves() {
     let proxy = start_proxy(&addrs(&backends), "").await;
     let mut home = HashMap::new();
     for k in 0..60 {
-        let (_ws, backend) = ws(addr(&proxy), &format!("/?room=k{k}")).await;
+        let (_ws, backend) = open_ws(addr(&proxy), &format!("/?room=k{k}")).await;
         home.insert(k, backend);
     }
     // A live tunnel on a surviving backend must not notice anything.
     let survivor_key = (0..60).find(|k| home[k] != "a").unwrap();
-    let (mut live, _) = ws(addr(&proxy), &format!("/?room=k{survivor_key}")).await;
+    let (mut live, _) = open_ws(addr(&proxy), &format!("/?room=k{survivor_key}")).await;
 
     backends[0].kill();
     for k in 0..60 {
-        let (mut ws, backend) = ws(addr(&proxy), &format!("/?room=k{k}")).await;
+        let (mut ws, backend) = open_ws(addr(&proxy), &format!("/?room=k{k}")).await;
         assert_ne!(backend, "a", "nothing reaches a dead backend");
         if home[&k] != "a" {
             assert_eq!(backend, home[&k], "key k{k} moved although its backend is alive");
@@ -213,7 +213,7 @@ async fn bytes_sent_with_the_handshake_are_not_lost_either_way() {
     // Backend side: the backend writes its 101 and a frame in one write.
     let early = RawEarlyBackend::start().await;
     let proxy = start_proxy(&[early.addr], "").await;
-    let (mut ws, _) = ws(addr(&proxy), "/?room=e").await;
+    let (mut ws, _) = open_ws(addr(&proxy), "/?room=e").await;
     assert_eq!(next(&mut ws).await, Message::text("early"));
 
     // Client side: the handshake and a masked frame in one write.

@@ -65,10 +65,7 @@ async fn accept_loop(listener: TcpListener, port: u16, big: Bytes) {
                 let big = big.clone();
                 async move { Ok::<_, Infallible>(handle(req, port, big)) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
         });
     }
 }
@@ -86,9 +83,7 @@ fn handle(req: Request<Incoming>, port: u16, big: Bytes) -> Response<Full<Bytes>
 }
 
 fn is_websocket(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Answers the handshake and spawns the echo loop on the upgraded connection.
@@ -102,9 +97,7 @@ fn upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(4 << 20))
-                .max_frame_size(Some(4 << 20));
+            let config = WebSocketConfig::default().max_message_size(Some(4 << 20)).max_frame_size(Some(4 << 20));
             let io = TokioIo::new(upgraded);
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             echo(ws).await;
@@ -133,4 +126,3 @@ where
         }
     }
 }
-

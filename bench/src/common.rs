@@ -51,9 +51,7 @@ impl Common {
     /// The address a room's connections go to.
     pub fn pick(&self, room: &str) -> SocketAddr {
         // FNV-1a: only "direct" has several targets, where any stable spread will do.
-        let h = room
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let h = room.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         self.target[(h % self.target.len() as u64) as usize]
     }
 
@@ -92,21 +90,14 @@ pub fn ws_config_small() -> WebSocketConfig {
 
 /// Opens a WebSocket to `/ws?room=ROOM`; returns it and the backend's
 /// `x-backend` header (its port) when present.
-pub async fn ws_connect(
-    addr: SocketAddr,
-    room: &str,
-    config: WebSocketConfig,
-) -> Result<(Ws, Option<u16>)> {
+pub async fn ws_connect(addr: SocketAddr, room: &str, config: WebSocketConfig) -> Result<(Ws, Option<u16>)> {
     let stream = tcp_connect(addr).await?;
     let url = format!("ws://{addr}/ws?room={room}");
     let (ws, resp) = timeout(CONNECT_TIMEOUT, client_async_with_config(url, stream, Some(config)))
         .await
         .context("WebSocket handshake timed out")?
         .context("WebSocket handshake")?;
-    let backend = resp
-        .headers()
-        .get("x-backend")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let backend = resp.headers().get("x-backend").and_then(|v| v.to_str().ok()?.parse().ok());
     Ok((ws, backend))
 }
 

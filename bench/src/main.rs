@@ -196,8 +196,7 @@ fn emit(scenario: &str, c: &Common, outcome: Result<Outcome>) -> Result<()> {
         }
     };
     println!("{}", serde_json::to_string(&rec)?);
-    let summary: Vec<String> =
-        rec.metrics.iter().map(|m| format!("{}={}", m.name, table::fmt(m.value))).collect();
+    let summary: Vec<String> = rec.metrics.iter().map(|m| format!("{}={}", m.name, table::fmt(m.value))).collect();
     eprintln!("  round {} {scenario} {}: {}", c.round, c.proxy, summary.join(" "));
     match failed {
         Some(e) => Err(e),

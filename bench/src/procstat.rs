@@ -14,8 +14,8 @@ fn clock_ticks_per_s() -> f64 {
 
 /// The fields of `/proc/PID/stat` after the command name, which may hold spaces.
 fn stat_fields(pid: u32) -> Result<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let s =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     let close = s.rfind(')').context("malformed /proc/PID/stat")?;
     Ok(s[close + 1..].split_whitespace().map(str::to_owned).collect())
 }
@@ -38,15 +38,8 @@ fn parent_of(pid: u32) -> Option<u32> {
 fn rss_bytes(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS in /proc/PID/status")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed VmRSS")?
-        .parse()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc/PID/status")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
     Ok(kib * 1024)
 }
 
@@ -61,8 +54,7 @@ impl ProcSet {
         let mut pids = vec![pid];
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
-                let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-                else {
+                let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                     continue;
                 };
                 if child != pid && parent_of(child) == Some(pid) {
@@ -100,11 +92,7 @@ fn core_times() -> Vec<(u64, u64)> {
     s.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
             // user nice system idle iowait irq softirq steal (guest is inside user)
             let get = |i: usize| v.get(i).copied().unwrap_or(0);
             let idle = get(3) + get(4);

@@ -75,11 +75,7 @@ impl Outcome {
         }
         if let Some(cpu) = usage.proxy_cpu_s {
             self.info.insert(format!("proxy_cpu_s{suffix}"), cpu);
-            self.metrics.push(Metric::info(
-                format!("proxy_cpu_pct{suffix}"),
-                cpu / usage.wall_s * 100.0,
-                "%",
-            ));
+            self.metrics.push(Metric::info(format!("proxy_cpu_pct{suffix}"), cpu / usage.wall_s * 100.0, "%"));
         }
     }
 }

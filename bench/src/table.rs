@@ -12,8 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::report::{Better, Record};
 
-const SCENARIO_ORDER: &[&str] =
-    &["http", "http_big", "latency", "throughput", "handshakes", "idle", "sticky"];
+const SCENARIO_ORDER: &[&str] = &["http", "http_big", "latency", "throughput", "handshakes", "idle", "sticky"];
 const PROXY_ORDER: &[&str] = &["direct", "tidegate", "haproxy", "nginx"];
 
 struct Row {
@@ -27,8 +26,7 @@ struct Row {
 pub fn print(files: &[PathBuf]) -> Result<()> {
     let mut records = Vec::new();
     for file in files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let rec: Record = serde_json::from_str(line)
                 .with_context(|| format!("{}:{}: not a result record", file.display(), i + 1))?;
@@ -102,10 +100,8 @@ pub fn render(records: &[Record]) -> String {
     let mut out = layout(&table);
     if !bg.is_empty() {
         out.push_str("\nbackground CPU on core 0 (busy minus the proxy), median %: ");
-        let parts: Vec<String> = proxies
-            .iter()
-            .filter_map(|p| bg.get(p).map(|v| format!("{p} {:.0}", stats(v).0)))
-            .collect();
+        let parts: Vec<String> =
+            proxies.iter().filter_map(|p| bg.get(p).map(|v| format!("{p} {:.0}", stats(v).0))).collect();
         out.push_str(&parts.join(", "));
         out.push('\n');
     }
@@ -130,22 +126,14 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 
 fn cell(v: &[f64]) -> String {
     let (median, min, max) = stats(v);
-    if v.len() == 1 || min == max {
-        fmt(median)
-    } else {
-        format!("{} ({}–{})", fmt(median), fmt(min), fmt(max))
-    }
+    if v.len() == 1 || min == max { fmt(median) } else { format!("{} ({}–{})", fmt(median), fmt(min), fmt(max)) }
 }
 
 fn ratio(row: &Row) -> String {
     let Some(t) = row.values.get("tidegate").map(|v| stats(v).0) else {
         return String::new();
     };
-    let peers = row
-        .values
-        .iter()
-        .filter(|(p, _)| *p != "direct" && *p != "tidegate")
-        .map(|(_, v)| stats(v).0);
+    let peers = row.values.iter().filter(|(p, _)| *p != "direct" && *p != "tidegate").map(|(_, v)| stats(v).0);
     let best = match row.better {
         Better::Higher => peers.fold(f64::NAN, f64::max),
         Better::Lower => peers.fold(f64::NAN, f64::min),
@@ -179,11 +167,8 @@ fn layout(table: &[Vec<String>]) -> String {
         .collect();
     let mut out = String::new();
     for (i, row) in table.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, s)| format!("{s}{}", " ".repeat(width[c] - s.chars().count())))
-            .collect();
+        let cells: Vec<String> =
+            row.iter().enumerate().map(|(c, s)| format!("{s}{}", " ".repeat(width[c] - s.chars().count()))).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
         if i == 0 {

@@ -380,13 +380,23 @@ fn websocket(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<RespB
     resp
 }
 
-/// Echoes text and binary messages (text `whoami` gets `name`) until the peer
-/// closes; a Close is answered with the same code and reason (tungstenite does
-/// that) and flushed before returning.
+/// Echoes text and binary messages (text `whoami` gets `name`; text
+/// `close:CODE:REASON` makes the backend start a close handshake) until the
+/// peer closes; a Close is answered with the same code and reason (tungstenite
+/// does that) and flushed before returning.
 async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>, name: &str) {
     while let Some(Ok(msg)) = ws.next().await {
         let reply = match msg {
             Message::Text(t) if t.as_str() == "whoami" => Message::text(name),
+            Message::Text(t) if t.starts_with("close:") => {
+                let mut parts = t.splitn(3, ':').skip(1);
+                let code = parts.next().and_then(|c| c.parse::<u16>().ok()).unwrap_or(1000);
+                let reason = parts.next().unwrap_or_default().to_string();
+                Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: code.into(),
+                    reason: reason.into(),
+                }))
+            }
             Message::Text(_) | Message::Binary(_) => msg,
             // Pings are answered by tungstenite; the close reply is queued by
             // tungstenite and flushed by the next read, which then ends the loop.

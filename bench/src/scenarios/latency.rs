@@ -70,9 +70,7 @@ pub async fn run(c: &Common, conns: usize, rate: f64, size: usize) -> Result<Out
     tokio::time::sleep_until((base + c.warmup() + c.duration()).into()).await;
     let usage = watch_.finish();
 
-    let report = tokio::time::timeout(IO_TIMEOUT, report_rx)
-        .await
-        .context("the sender thread did not finish")??;
+    let report = tokio::time::timeout(IO_TIMEOUT, report_rx).await.context("the sender thread did not finish")??;
     // Let the last replies arrive (bounded), then stop the receivers.
     let grace = tokio::time::Instant::now() + Duration::from_secs(3);
     while received.load(Relaxed) < report.measured && tokio::time::Instant::now() < grace {

@@ -48,8 +48,7 @@ async fn run_size(c: &Common, conns: usize, size: usize, out: &mut Outcome) -> R
     let tasks = sockets
         .into_iter()
         .map(|ws| {
-            let (phase, bytes, errors, payload) =
-                (phase.clone(), bytes.clone(), errors.clone(), payload.clone());
+            let (phase, bytes, errors, payload) = (phase.clone(), bytes.clone(), errors.clone(), payload.clone());
             tokio::spawn(async move {
                 if ping_pong(ws, &payload, &phase, &bytes).await.is_err() {
                     errors.fetch_add(1, Relaxed);
@@ -66,11 +65,7 @@ async fn run_size(c: &Common, conns: usize, size: usize, out: &mut Outcome) -> R
     }
     out.metrics.push(Metric::higher(format!("mb_s_{label}"), bytes / 1e6 / usage.wall_s, "MB/s"));
     if let Some(cpu) = usage.proxy_cpu_s.filter(|&s| s > 0.0) {
-        out.metrics.push(Metric::higher(
-            format!("mb_per_proxy_cpu_s_{label}"),
-            bytes / 1e6 / cpu,
-            "MB/cpu-s",
-        ));
+        out.metrics.push(Metric::higher(format!("mb_per_proxy_cpu_s_{label}"), bytes / 1e6 / cpu, "MB/cpu-s"));
     }
     out.metrics.push(Metric::lower(format!("errors_{label}"), errors.load(Relaxed) as f64, ""));
     out.add_usage(&usage, &format!("_{label}"));
