@@ -67,7 +67,9 @@ struct BackendView {
 fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let snapshot = shared.snapshot.load();
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render(&snapshot)),
+        (&Method::GET, "/metrics") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render(&snapshot))
+        }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => match shared.ready.load(Ordering::Relaxed) {
             true => reply(StatusCode::OK, "text/plain", "ready\n".into()),
@@ -101,7 +103,9 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (_, "/metrics" | "/healthz" | "/readyz" | "/api/backends" | "/api/connections" | "/") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into())
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "no such admin path; try /, /metrics or /api/backends\n".into()),
+        _ => {
+            reply(StatusCode::NOT_FOUND, "text/plain", "no such admin path; try /, /metrics or /api/backends\n".into())
+        }
     }
 }
 

@@ -41,9 +41,14 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
     let limits = &ctx.snapshot.limits;
     // hyper's header timeout starts with the first request line; a client that
     // connects and sends nothing is cut here.
-    if tokio::time::timeout(limits.handshake_timeout, stream.readable()).await.is_err() {
-        debug!("client sent nothing before the handshake timeout");
-        return;
+    // (`readable()` may wake spuriously; `peek` waits for a real byte.)
+    match tokio::time::timeout(limits.handshake_timeout, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            debug!("client sent nothing before the handshake timeout");
+            return;
+        }
     }
     let snapshot = ctx.snapshot.clone();
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));

@@ -58,7 +58,10 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(errors) => {
                     eprint!("{errors}");
-                    eprintln!("tidegate: not starting: fix the config above (check it with `tidegate check --config {}`)", path.display());
+                    eprintln!(
+                        "tidegate: not starting: fix the config above (check it with `tidegate check --config {}`)",
+                        path.display()
+                    );
                     return ExitCode::from(2);
                 }
             };

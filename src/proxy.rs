@@ -127,7 +127,10 @@ async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, e
 
     let host = route::request_host(&parts).map(str::to_owned);
     upstream::strip_hop_by_hop(&mut parts.headers);
-    upstream::add_forwarded(&mut parts.headers, &ForwardedFor { client: ctx.client, proto: ctx.proto, host: host.as_deref() });
+    upstream::add_forwarded(
+        &mut parts.headers,
+        &ForwardedFor { client: ctx.client, proto: ctx.proto, host: host.as_deref() },
+    );
     if let (None, Some(h)) = (parts.headers.get(header::HOST), host.as_deref()) {
         // An HTTP/2 client names the host in the URI only; HTTP/1.1 needs the header.
         if let Ok(v) = HeaderValue::from_str(h) {

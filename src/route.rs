@@ -58,23 +58,16 @@ fn split_port(host: &str) -> (&str, Option<&str>) {
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the Host header.
 pub fn request_host(parts: &Parts) -> Option<&str> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
 }
 
 /// Takes the key named by `spec` from the request, or `None` when the request lacks it.
 pub fn extract_key<'a>(spec: &KeySpec, parts: &'a Parts, client_ip: IpAddr) -> Option<Cow<'a, [u8]>> {
     match spec {
         KeySpec::Ip => Some(Cow::Owned(ip_bytes(client_ip))),
-        KeySpec::Header(name) => parts
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes())
-            .filter(|v| !v.is_empty())
-            .map(Cow::Borrowed),
+        KeySpec::Header(name) => {
+            parts.headers.get(name).map(|v| v.as_bytes()).filter(|v| !v.is_empty()).map(Cow::Borrowed)
+        }
         KeySpec::Cookie(name) => cookie(&parts.headers, name).map(|v| Cow::Borrowed(v.as_bytes())),
         KeySpec::Query(name) => query_param(parts.uri.query()?, name).map(|v| Cow::Borrowed(v.as_bytes())),
         KeySpec::Path(n) => path_segment(parts.uri.path(), *n).map(|v| Cow::Borrowed(v.as_bytes())),
@@ -107,11 +100,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The raw (not percent-decoded) value of the first `name=` in a query string.
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v)
+    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, v)| *k == name && !v.is_empty()).map(|(_, v)| v)
 }
 
 /// The `n`th (1-based) non-empty segment of a path.

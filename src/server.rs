@@ -83,16 +83,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let bound = listener::bind(l.bind)
-            .map_err(|source| StartError::Bind { what: format!("listener {}", l.name), addr: l.bind, source })?;
+        let bound = listener::bind(l.bind).map_err(|source| StartError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.bind,
+            source,
+        })?;
         let addr = bound.local_addr().unwrap_or(l.bind);
         info!(listener = %l.name, %addr, "listening");
         listeners.push((l.name.clone(), addr));
         let name: Arc<str> = l.name.as_str().into();
         tasks.spawn(listener::accept_loop(bound, name, shared.clone(), limit.clone(), stop_rx.clone()));
     }
-    let admin_listener = listener::bind(config.admin.bind)
-        .map_err(|source| StartError::Bind { what: "the admin endpoint".into(), addr: config.admin.bind, source })?;
+    let admin_listener = listener::bind(config.admin.bind).map_err(|source| StartError::Bind {
+        what: "the admin endpoint".into(),
+        addr: config.admin.bind,
+        source,
+    })?;
     let admin = admin_listener.local_addr().unwrap_or(config.admin.bind);
     info!(%admin, "admin endpoint listening");
     tasks.spawn(admin::serve(admin_listener, shared.clone(), stop_rx));

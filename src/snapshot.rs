@@ -160,9 +160,11 @@ impl Snapshot {
                     .backends
                     .iter()
                     .map(|b| {
-                        old.and_then(|o| o.backends.iter().find(|ob| &*ob.addr == b.addr && ob.weight == b.weight))
+                        old.and_then(|o| o.backends.iter().find(|ob| *ob.addr == b.addr && ob.weight == b.weight))
                             .cloned()
-                            .unwrap_or_else(|| Arc::new(Backend::new(&name, &b.addr, b.weight, p.max_fails, p.fail_timeout)))
+                            .unwrap_or_else(|| {
+                                Arc::new(Backend::new(&name, &b.addr, b.weight, p.max_fails, p.fail_timeout))
+                            })
                     })
                     .collect();
                 let ids: Vec<(&str, u32)> = backends.iter().map(|b| (&*b.addr, b.weight)).collect();

@@ -110,7 +110,7 @@ impl Tunnels {
             Ok(open) => open.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        infos.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        infos.sort_unstable_by_key(|t| std::cmp::Reverse(t.id));
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         infos
             .iter()

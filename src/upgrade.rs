@@ -76,7 +76,12 @@ pub fn classify(parts: &Parts) -> Kind {
 
 /// Forwards a WebSocket handshake to a backend of `pool` and relays its
 /// answer; after a `101` the tunnel runs in a task of its own.
-pub async fn proxy(ctx: Arc<ConnCtx>, mut req: Request<Incoming>, pool: Arc<Pool>, ex: Exchange) -> Response<ProxyBody> {
+pub async fn proxy(
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+    pool: Arc<Pool>,
+    ex: Exchange,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let on_client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
@@ -181,7 +186,8 @@ async fn run_tunnel(
         }
     };
     let up = Counter { tunnel: &info.bytes_up, metric: m.bytes_total.with_label_values(&[pool, addr, "upstream"]) };
-    let down = Counter { tunnel: &info.bytes_down, metric: m.bytes_total.with_label_values(&[pool, addr, "downstream"]) };
+    let down =
+        Counter { tunnel: &info.bytes_down, metric: m.bytes_total.with_label_values(&[pool, addr, "downstream"]) };
     let splice = tunnel::run(client, backend, up, down);
     let result = match ctx.snapshot.limits.idle_timeout {
         None => splice.await,
@@ -245,7 +251,10 @@ mod tests {
 
     #[test]
     fn other_upgrades_and_half_asks_are_plain() {
-        assert_eq!(classify(&parts("GET", &[("upgrade", "h2c"), ("connection", "upgrade"), KEY, VERSION])), Kind::Plain);
+        assert_eq!(
+            classify(&parts("GET", &[("upgrade", "h2c"), ("connection", "upgrade"), KEY, VERSION])),
+            Kind::Plain
+        );
         assert_eq!(classify(&parts("GET", &[("upgrade", "websocket"), KEY, VERSION])), Kind::Plain);
         assert_eq!(classify(&parts("GET", &[])), Kind::Plain);
     }

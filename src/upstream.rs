@@ -143,7 +143,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
-        let f = ForwardedFor { client: "[::ffff:10.0.0.7]:4000".parse().unwrap(), proto: "http", host: Some("chat.test") };
+        let f =
+            ForwardedFor { client: "[::ffff:10.0.0.7]:4000".parse().unwrap(), proto: "http", host: Some("chat.test") };
         add_forwarded(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");

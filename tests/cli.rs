@@ -42,9 +42,17 @@ fn check_lists_every_problem_with_its_place_and_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();
-    for (line, key) in [(10, "routes[0].pool"), (13, "pools.chat.hash_key"), (14, "pools.chat.backends[1]"), (14, "pools.chat.backends[2]")] {
+    for (line, key) in [
+        (10, "routes[0].pool"),
+        (13, "pools.chat.hash_key"),
+        (14, "pools.chat.backends[1]"),
+        (14, "pools.chat.backends[2]"),
+    ] {
         let wanted = format!("{file}:{line}:");
-        assert!(err.lines().any(|l| l.starts_with(&wanted) && l.contains(key)), "no `{wanted}` line for {key} in:\n{err}");
+        assert!(
+            err.lines().any(|l| l.starts_with(&wanted) && l.contains(key)),
+            "no `{wanted}` line for {key} in:\n{err}"
+        );
     }
     assert!(!err.contains("panicked"), "{err}");
 }
@@ -91,14 +99,16 @@ impl Drop for Child {
 
 #[tokio::test]
 async fn the_demo_serves_its_page_and_keeps_a_room_on_one_backend() {
-    let mut child = Child(tidegate().args(["demo", "--port", "0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut child =
+        Child(tidegate().args(["demo", "--port", "0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
     let first_line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map(|_| line)
     });
     let line = tokio::time::timeout(Duration::from_secs(30), first_line).await.unwrap().unwrap().unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}"));
+    let url =
+        line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}"));
     let host = url.trim_start_matches("http://").trim_end_matches('/').to_string();
 
     let page = reqwest_free_get(&host, "/").await;
@@ -107,7 +117,8 @@ async fn the_demo_serves_its_page_and_keeps_a_room_on_one_backend() {
 
     let mut seen = Vec::new();
     for user in ["ann", "bob"] {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{host}/ws?room=lobby&user={user}")).await.unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{host}/ws?room=lobby&user={user}")).await.unwrap();
         let hello = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
         let hello: serde_json::Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
         assert_eq!(hello["type"], "hello");

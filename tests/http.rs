@@ -98,7 +98,8 @@ async fn large_bodies_stream_both_ways() {
     let stream = TcpStream::connect(addr(&proxy)).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::post("/echo?room=b").header("host", "t").body(Full::new(Bytes::from(upload.clone()))).unwrap();
+    let req =
+        http::Request::post("/echo?room=b").header("host", "t").body(Full::new(Bytes::from(upload.clone()))).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(echoed[..] == upload[..], "uploaded body changed in transit");
@@ -109,7 +110,8 @@ async fn http2_cleartext_clients_are_served() {
     let backends = three_backends().await;
     let proxy = start_proxy(&addrs(&backends), "").await;
     let stream = TcpStream::connect(addr(&proxy)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let (_ws, ws_backend) = ws(addr(&proxy), "/?room=h2").await;
     for _ in 0..3 {
@@ -156,7 +158,8 @@ async fn an_unreachable_backend_gets_the_client_502_and_its_keys_move_on() {
     // The admin API and the metrics say so.
     let (_, _, body) = get(proxy.admin, "/api/backends", &[]).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let states: Vec<&str> = v["pools"][0]["backends"].as_array().unwrap().iter().map(|b| b["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> =
+        v["pools"][0]["backends"].as_array().unwrap().iter().map(|b| b["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["down", "up", "up"]);
     let (_, _, metrics) = get(proxy.admin, "/metrics", &[]).await;
     let metrics = String::from_utf8(metrics).unwrap();

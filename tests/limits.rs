@@ -113,7 +113,9 @@ async fn a_thousand_handshakes_leave_no_file_descriptor_behind() {
         assert_eq!(echo(&mut ws, Message::text("x")).await, Message::text("x"));
         ws.close(None).await.unwrap();
         // Wait for the close reply so both ends really finish.
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws)).await {}
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws)).await
+        {}
     }
     assert!(eventually(|| proxy.shared.tunnels.is_empty()).await, "tunnels still open");
     let settled = eventually(|| open_fds() <= before).await;

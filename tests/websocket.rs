@@ -252,10 +252,12 @@ async fn a_client_half_close_lets_the_backend_finish_sending() {
             s.read_exact(&mut byte).await.unwrap();
             head.push(byte[0]);
         }
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let mut from_client = Vec::new();
         s.read_to_end(&mut from_client).await.unwrap();
         s.write_all(format!("got {} bytes then FIN", from_client.len()).as_bytes()).await.unwrap();

@@ -37,6 +37,17 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+fn group(row: &Row) -> u8 {
+    let failures = ["errors", "failed", "lost", "send_errors"];
+    if failures.iter().any(|f| row.metric.starts_with(f)) {
+        2
+    } else if row.better == Better::None {
+        1
+    } else {
+        0
+    }
+}
+
 fn rank(order: &[&str], name: &str) -> usize {
     order.iter().position(|&s| s == name).unwrap_or(order.len())
 }
@@ -75,8 +86,9 @@ pub fn render(records: &[Record]) -> String {
         }
     }
     proxies.sort_by_key(|p| rank(PROXY_ORDER, p));
-    // Stable: keeps each scenario's metrics in the order they were reported.
-    rows.sort_by_key(|r| rank(SCENARIO_ORDER, &r.scenario));
+    // Stable: within a scenario, figures first, then informational rows, then
+    // failure counts, each in the order they were reported.
+    rows.sort_by_key(|r| (rank(SCENARIO_ORDER, &r.scenario), group(r)));
 
     let mut header = vec!["scenario".to_owned(), "metric".to_owned()];
     header.extend(proxies.iter().cloned());
@@ -98,6 +110,7 @@ pub fn render(records: &[Record]) -> String {
     }
 
     let mut out = layout(&table);
+    bg.retain(|_, v| !v.is_empty());
     if !bg.is_empty() {
         out.push_str("\nbackground CPU on core 0 (busy minus the proxy), median %: ");
         let parts: Vec<String> =
@@ -151,7 +164,7 @@ pub fn fmt(v: f64) -> String {
         format!("{:.2}M", v / 1e6)
     } else if a >= 1e4 {
         format!("{:.1}k", v / 1e3)
-    } else if a >= 100.0 {
+    } else if a >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")

@@ -76,6 +76,11 @@ async fn conn_loop(addr: SocketAddr, uri: String, phase: Arc<Phase>, counters: A
             }
         };
         while !phase.stopped() {
+            // A server may close a keep-alive connection after N requests
+            // (nginx: keepalive_requests 1000): reconnect, it is no error.
+            if !matches!(timeout(IO_TIMEOUT, sender.ready()).await, Ok(Ok(()))) {
+                break;
+            }
             match timeout(IO_TIMEOUT, get(&mut sender, &uri, &host)).await {
                 Ok(Ok(n)) => {
                     if phase.measuring() {
@@ -103,7 +108,6 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
 
 /// One GET; returns the body's length.
 async fn get(sender: &mut SendRequest<Empty<Bytes>>, uri: &str, host: &HeaderValue) -> Result<u64> {
-    sender.ready().await?;
     let req = Request::get(uri).header(HOST, host).body(Empty::new())?;
     let resp = sender.send_request(req).await?;
     if !resp.status().is_success() {

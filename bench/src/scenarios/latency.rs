@@ -132,7 +132,8 @@ fn send_loop(
         payload[8..16].copy_from_slice(&k.to_le_bytes());
         let sink = &mut sinks[(k % n) as usize];
         let msg = Message::Binary(Bytes::from(payload));
-        match handle.block_on(tokio::time::timeout(IO_TIMEOUT, sink.send(msg))) {
+        // The timer must be created inside the runtime's context: in the async block.
+        match handle.block_on(async { tokio::time::timeout(IO_TIMEOUT, sink.send(msg)).await }) {
             Ok(Ok(())) => {
                 if sched_ns >= warmup_ns {
                     report.measured += 1;
