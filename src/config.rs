@@ -45,9 +45,15 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_FAILS: u32 = 1;
 /// Default pool `fail_timeout`: how long a failed backend stays down.
 pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `drain.timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `drain.spread`.
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(10);
+/// Default `drain.close_code`: 1012 Service Restart, "reconnect, you will be served".
+pub const DEFAULT_CLOSE_CODE: u16 = 1012;
 /// Largest backend weight: the ring holds virtual nodes in proportion to weight,
 /// so a typo such as `weight = 100000` must not cost gigabytes.
-pub const MAX_WEIGHT: u32 = 1000;
+pub const MAX_WEIGHT: u32 = 100;
 
 const DURATION_FORMS: &str = r#"durations look like "250ms", "10s", "5m", "1h" or "1m30s""#;
 const KEY_FORMS: &str = "keys are ip, header:NAME, cookie:NAME, query:NAME or path:N";
@@ -119,6 +125,29 @@ pub struct PoolConfig {
     pub max_fails: u32,
     /// How long a backend stays down after `max_fails`; > 0.
     pub fail_timeout: Duration,
+    /// When a backend joins, drain (paced) the tunnels whose key now maps to
+    /// it, so each room converges on one backend again. Default false.
+    pub rehome: bool,
+    /// How this pool's tunnels are drained.
+    pub drain: DrainConfig,
+}
+
+/// How tunnels are drained: Close frames spread over `spread`, whatever is
+/// left closed at `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DrainConfig {
+    /// Hard deadline from the start of a drain; default 30s.
+    pub timeout: Duration,
+    /// Close frames are spread evenly over this window; default 10s, ≤ timeout.
+    pub spread: Duration,
+    /// The Close code sent: 1001 (Going Away) or 1012 (Service Restart, default).
+    pub close_code: u16,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { timeout: DEFAULT_DRAIN_TIMEOUT, spread: DEFAULT_DRAIN_SPREAD, close_code: DEFAULT_CLOSE_CODE }
+    }
 }
 
 /// One backend of a pool. Its address is its identity on the ring.

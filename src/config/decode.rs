@@ -114,6 +114,16 @@ pub(super) struct RawPool {
     pub(super) bounded_load: Option<Spanned<f64>>,
     pub(super) max_fails: Option<Spanned<i64>>,
     pub(super) fail_timeout: Option<Spanned<String>>,
+    pub(super) rehome: Option<Spanned<bool>>,
+    pub(super) drain: Option<Spanned<RawDrain>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDrain {
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) spread: Option<Spanned<String>>,
+    pub(super) close_code: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -440,3 +440,21 @@ fn key_specs_round_trip() {
         assert!(e.contains("keys are ip, header:NAME"), "{s}: {e}");
     }
 }
+
+#[test]
+fn drain_settings_and_rehome_are_read_and_checked() {
+    let c = parse(BASE, "t.toml").unwrap();
+    assert_eq!(c.pools[0].drain, DrainConfig::default());
+    assert_eq!((c.pools[0].drain.close_code, c.pools[0].rehome), (1012, false));
+
+    let text = format!("{BASE}rehome = true\n\n[pools.chat.drain]\ntimeout = \"1m\"\nspread = \"20s\"\nclose_code = 1001\n");
+    let c = parse(&text, "t.toml").unwrap();
+    let want = DrainConfig { timeout: Duration::from_secs(60), spread: Duration::from_secs(20), close_code: 1001 };
+    assert_eq!((c.pools[0].drain, c.pools[0].rehome), (want, true));
+
+    let text = format!("{BASE}\n[pools.chat.drain]\ntimeout = \"5s\"\nspread = \"10s\"\nclose_code = 1000\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(at(&errs, "pools.chat.drain.close_code", 16, 14).message.contains("1012"));
+    assert!(at(&errs, "pools.chat.drain", 13, 1).message.contains("longer than timeout"));
+}

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::decode::{RawAdmin, RawBackend, RawConfig, RawLimits, RawListener, RawPool, RawRoute, key_segment};
+use super::decode::{RawAdmin, RawBackend, RawConfig, RawDrain, RawLimits, RawListener, RawPool, RawRoute, key_segment};
 use super::{
-    AdminConfig, BackendConfig, Config, DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, KeySpec, Limits, ListenerConfig,
+    AdminConfig, BackendConfig, Config, DEFAULT_CLOSE_CODE, DEFAULT_DRAIN_SPREAD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT,
+    DEFAULT_MAX_FAILS, DrainConfig, KeySpec, Limits, ListenerConfig,
     MAX_HEADER_BYTES, MAX_WEIGHT, MIN_HEADER_BYTES, PoolConfig, Report, RouteConfig, parse_duration,
 };
 
@@ -267,11 +268,47 @@ impl Report<'_> {
                 n.map(|n| n as u32)
             });
             let fail_timeout = self.duration(pool.fail_timeout, &format!("{p}.fail_timeout"), DEFAULT_FAIL_TIMEOUT);
+            let rehome = pool.rehome.is_some_and(|r| *r.get_ref());
+            let drain = self.drain(pool.drain, &format!("{p}.drain"));
             if let (Some(hash_key), Some(fallback_key), Some(max_fails)) = (hash_key, fallback_key, max_fails) {
-                out.push(PoolConfig { name, hash_key, fallback_key, backends, bounded_load, max_fails, fail_timeout });
+                out.push(PoolConfig {
+                    name,
+                    hash_key,
+                    fallback_key,
+                    backends,
+                    bounded_load,
+                    max_fails,
+                    fail_timeout,
+                    rehome,
+                    drain,
+                });
             }
         }
         out
+    }
+
+    /// `[pools.NAME.drain]`: the spread must fit in the timeout, and the code
+    /// must be one a client reads as "reconnect".
+    fn drain(&mut self, raw: Option<Spanned<RawDrain>>, p: &str) -> DrainConfig {
+        let Some(raw) = raw else { return DrainConfig::default() };
+        let (span, raw) = (raw.span(), raw.into_inner());
+        let timeout = self.duration(raw.timeout, &format!("{p}.timeout"), DEFAULT_DRAIN_TIMEOUT);
+        let spread = self.duration(raw.spread, &format!("{p}.spread"), DEFAULT_DRAIN_SPREAD);
+        let close_code = match raw.close_code {
+            None => DEFAULT_CLOSE_CODE,
+            Some(c) if matches!(*c.get_ref(), 1001 | 1012) => *c.get_ref() as u16,
+            Some(c) => {
+                let msg = format!("close_code is {}, it must be 1001 (Going Away) or 1012 (Service Restart)", c.get_ref());
+                self.error(c.span(), &format!("{p}.close_code"), msg, "use 1012, the default");
+                DEFAULT_CLOSE_CODE
+            }
+        };
+        if spread > timeout {
+            let msg = format!("spread ({}) is longer than timeout ({})", fmt_duration(spread), fmt_duration(timeout));
+            let fix = "make spread shorter than timeout, so every tunnel gets its Close before the hard deadline";
+            self.error(span, p, msg, fix);
+        }
+        DrainConfig { timeout, spread, close_code }
     }
 
     fn key_spec(&mut self, v: Spanned<String>, path: &str) -> Option<KeySpec> {
