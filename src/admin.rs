@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::lifecycle;
 use crate::server::Shared;
 
 /// The most tunnels `/api/connections` lists (newest first).
@@ -64,7 +65,7 @@ struct BackendView {
     open: u64,
 }
 
-fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let snapshot = shared.snapshot.load();
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -87,7 +88,7 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
                         .map(|b| BackendView {
                             addr: b.addr.to_string(),
                             state: b.state(),
-                            weight: b.weight,
+                            weight: b.weight.load(Ordering::Relaxed),
                             open: b.open.load(Ordering::Relaxed),
                         })
                         .collect(),
@@ -100,6 +101,11 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             json(&serde_json::json!({ "open": shared.tunnels.len(), "tunnels": tunnels }))
         }
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE.into()),
+        (&Method::POST, "/api/reload") => match lifecycle::reload(shared) {
+            Ok(report) => json(&serde_json::json!({ "reloaded": true, "changes": report })),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        },
+        (&Method::POST, path) if path.starts_with("/api/pools/") => backend_action(shared, path),
         (_, "/metrics" | "/healthz" | "/readyz" | "/api/backends" | "/api/connections" | "/") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into())
         }
@@ -107,6 +113,35 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::NOT_FOUND, "text/plain", "no such admin path; try /, /metrics or /api/backends\n".into())
         }
     }
+}
+
+/// `POST /api/pools/{pool}/backends/{addr}/drain` and `.../undrain`.
+fn backend_action(shared: &Arc<Shared>, path: &str) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_start_matches("/api/pools/").split('/').collect();
+    let result = match parts[..] {
+        [pool, "backends", addr, "drain"] => lifecycle::drain_backend(shared, pool, addr)
+            .map(|n| serde_json::json!({ "pool": pool, "backend": addr, "draining": true, "tunnels": n })),
+        [pool, "backends", addr, "undrain"] => lifecycle::undrain_backend(shared, pool, addr)
+            .map(|()| serde_json::json!({ "pool": pool, "backend": addr, "draining": false })),
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "use /api/pools/{pool}/backends/{addr}/drain or /undrain\n".into(),
+            );
+        }
+    };
+    match result {
+        Ok(v) => json(&v),
+        Err(e) => error(StatusCode::NOT_FOUND, &e),
+    }
+}
+
+/// An error as JSON: `{"error": "..."}`.
+fn error(status: StatusCode, e: &dyn std::fmt::Display) -> Response<Full<Bytes>> {
+    let mut resp = json(&serde_json::json!({ "error": e.to_string() }));
+    *resp.status_mut() = status;
+    resp
 }
 
 fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {

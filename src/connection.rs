@@ -9,6 +9,7 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -36,7 +37,7 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one client connection until it closes or becomes a tunnel.
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
+pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, watcher: Option<Watcher>) {
     let _ = stream.set_nodelay(true);
     let limits = &ctx.snapshot.limits;
     // hyper's header timeout starts with the first request line; a client that
@@ -52,7 +53,13 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
     }
     let snapshot = ctx.snapshot.clone();
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    if let Err(e) = snapshot.http_server.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+    let conn = snapshot.http_server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    // Watched connections are told to finish at shutdown: GOAWAY, keep-alive off.
+    let result = match watcher {
+        Some(w) => w.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(e) = result {
         debug!(error = %e, "client connection ended with an error");
     }
 }

@@ -31,13 +31,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts clients on `listener` until `stop` turns true.
-pub async fn accept_loop(
-    listener: TcpListener,
-    name: Arc<str>,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn accept_loop(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::ZERO;
     // Rejections get a small task each to say 503 politely; bounded so an
     // overload cannot turn into unbounded tasks.
@@ -62,7 +56,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
             shared.metrics.client_connections_rejected.with_label_values(&[&*name, "max_connections"]).inc();
             if let Ok(permit) = rejecting.clone().try_acquire_owned() {
                 tokio::spawn(async move {
@@ -82,8 +76,9 @@ pub async fn accept_loop(
             open_gauge: open_gauge.clone(),
         });
         open_gauge.inc();
+        let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
         let span = info_span!("conn", client.addr = %client, listener = %name);
-        tokio::spawn(connection::serve(stream, ctx).instrument(span));
+        tokio::spawn(connection::serve(stream, ctx, watcher).instrument(span));
     }
 }
 

@@ -70,13 +70,11 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };
             runtime.block_on(async {
-                let mut running = match tidegate::start(config).await {
+                let running = match tidegate::server::start_with(config, Some(path)).await {
                     Ok(running) => running,
                     Err(e) => return fail(&e.to_string()),
                 };
-                wait_for_signal().await;
-                tracing::info!("shutting down");
-                running.stop_accepting().await;
+                serve_until_shutdown(&running).await;
                 ExitCode::SUCCESS
             })
         }
@@ -107,6 +105,36 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
         builder.worker_threads(n);
     }
     builder.enable_all().build()
+}
+
+/// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains, unless a
+/// second SIGTERM or SIGINT asks to exit at once.
+async fn serve_until_shutdown(running: &tidegate::Running) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        eprintln!("tidegate: cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                // A refused reload is logged by `reload`; the running config stays.
+                let _ = tidegate::lifecycle::reload(&running.shared);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining tunnels (send the signal again to exit at once)");
+    tokio::select! {
+        () = tidegate::lifecycle::shutdown(&running.shared) => {}
+        _ = term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+    }
+    running.stop_admin();
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -18,11 +18,17 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     /// Bytes moved through tunnels and bodies, by direction (upstream = client to backend).
     pub bytes_total: IntCounterVec,
+    /// Complete WebSocket data messages through tunnels, by direction.
+    pub websocket_messages_total: IntCounterVec,
     pub connection_duration: HistogramVec,
     pub handshake_duration: HistogramVec,
     pub backend_up: IntGaugeVec,
     pub backend_draining: IntGaugeVec,
     pub requests_total: IntCounterVec,
+    /// Tunnels a drain is still waiting for, per backend.
+    pub drain_tunnels_remaining: IntGaugeVec,
+    /// Close frames tidegate sent to say goodbye, by code.
+    pub close_frames_sent: IntCounterVec,
     /// Client connections accepted and open, per listener.
     pub client_connections_active: IntGaugeVec,
     /// Client connections refused at the door, per listener and reason.
@@ -68,6 +74,11 @@ impl Metrics {
                 "Bytes proxied; upstream is client to backend, downstream backend to client.",
                 &["pool", "backend", "direction"],
             ),
+            websocket_messages_total: counter(
+                "tidegate_websocket_messages_total",
+                "Complete WebSocket data messages through tunnels (fragments count once).",
+                &["pool", "backend", "direction"],
+            ),
             connection_duration: histogram(
                 "tidegate_connection_duration_seconds",
                 "Lifetime of WebSocket tunnels and HTTP exchanges.",
@@ -86,6 +97,16 @@ impl Metrics {
                 "tidegate_requests_total",
                 "HTTP responses relayed or generated, by backend and status code.",
                 &["pool", "backend", "status"],
+            ),
+            drain_tunnels_remaining: gauge(
+                "tidegate_drain_tunnels_remaining",
+                "Tunnels a drain in progress still waits for.",
+                POOL_BACKEND,
+            ),
+            close_frames_sent: counter(
+                "tidegate_close_frames_sent_total",
+                "Close frames sent by tidegate to drain tunnels, by peer (client, backend) and code.",
+                &["pool", "peer", "code"],
             ),
             client_connections_active: gauge(
                 "tidegate_client_connections_active",

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 
 use crate::balance::Ring;
-use crate::config::{Config, KeySpec, Limits, ListenerConfig};
+use crate::config::{Config, DrainConfig, KeySpec, Limits, ListenerConfig};
 use crate::route::Route;
 
 /// The runtime view of one config.
@@ -38,6 +38,10 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     pub ring: Ring,
     pub bounded_load: Option<f64>,
+    /// How this pool's tunnels are drained.
+    pub drain: DrainConfig,
+    /// Re-home tunnels onto a backend that joins (see `lifecycle::reload`).
+    pub rehome: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -52,7 +56,8 @@ pub struct Backend {
     /// The backend's identity: its address as written in the config.
     pub addr: Arc<str>,
     pub pool: Arc<str>,
-    pub weight: u32,
+    /// The backend's share of the ring, as the current config says.
+    pub weight: AtomicU32,
     /// Open connections (tunnels and in-flight requests): bounded-load input
     /// and what `/api/backends` shows.
     pub open: AtomicU64,
@@ -71,7 +76,7 @@ impl Backend {
         Backend {
             addr: addr.into(),
             pool: pool.clone(),
-            weight,
+            weight: AtomicU32::new(weight),
             open: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             failures: AtomicU32::new(0),
@@ -160,14 +165,17 @@ impl Snapshot {
                     .backends
                     .iter()
                     .map(|b| {
-                        old.and_then(|o| o.backends.iter().find(|ob| *ob.addr == b.addr && ob.weight == b.weight))
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                Arc::new(Backend::new(&name, &b.addr, b.weight, p.max_fails, p.fail_timeout))
-                            })
+                        let kept = old.and_then(|o| o.backends.iter().find(|ob| *ob.addr == b.addr)).cloned();
+                        match kept {
+                            Some(backend) => {
+                                backend.weight.store(b.weight, Ordering::Relaxed);
+                                backend
+                            }
+                            None => Arc::new(Backend::new(&name, &b.addr, b.weight, p.max_fails, p.fail_timeout)),
+                        }
                     })
                     .collect();
-                let ids: Vec<(&str, u32)> = backends.iter().map(|b| (&*b.addr, b.weight)).collect();
+                let ids: Vec<(&str, u32)> = p.backends.iter().map(|b| (b.addr.as_str(), b.weight)).collect();
                 Arc::new(Pool {
                     ring: Ring::new(&ids),
                     name,
@@ -175,6 +183,8 @@ impl Snapshot {
                     fallback_key: p.fallback_key.clone(),
                     backends,
                     bounded_load: p.bounded_load,
+                    drain: p.drain,
+                    rehome: p.rehome,
                 })
             })
             .collect();

@@ -1,29 +1,42 @@
 //! The tunnel: after a `101`, moves bytes both ways between client and
-//! backend until both sides are done, counting them.
+//! backend until both sides are done, counting bytes and frames, and says
+//! goodbye properly when a drain asks it to.
 //!
 //! Written for memory: on raw TCP sockets (the common case) a direction waits
 //! for readiness holding no buffer, and only then borrows one from a small
 //! per-thread pool, so an idle tunnel costs its two sockets and one task.
-//! Other transports (TLS, an HTTP/2 stream) take the generic path. A FIN from
-//! one side is passed on as a half-close; the other direction keeps flowing.
-//! This module does not decide when a tunnel should end early (drain, idle):
-//! callers race it against those signals.
+//! A FIN from one side is passed on as a half-close; the other direction
+//! keeps flowing. Each direction feeds a [`FrameTracker`], so a drain can
+//! inject a Close frame at a frame boundary and never inside a frame.
+//!
+//! Other transports (an HTTP/2 stream, TLS) take the generic path, which
+//! copies without framing: a drain can only close it at its deadline.
+//! When to drain is `drain`'s business; this module only carries it out.
 
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::frames::FrameTracker;
+use crate::tunnels::{Direction, DrainRequest, TunnelInfo};
 
 /// Size of a pooled read buffer. Large enough for 64 KiB messages in one read.
 const BUF_SIZE: usize = 64 * 1024;
 /// Buffers kept per thread; more are freed, so the pool is bounded.
 const POOL_MAX: usize = 16;
+/// How long a direction waits, after its Close, for the peer's Close and FIN.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// The reason carried by the Close frames tidegate sends.
+const CLOSE_REASON: &[u8] = b"tidegate: please reconnect";
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -65,74 +78,228 @@ impl Drop for PooledBuf {
     }
 }
 
-/// Where a direction's bytes are counted: the tunnel's own counter (for
-/// `/api/connections`) and the aggregated Prometheus one.
-pub struct Counter<'a> {
+/// Where one direction's traffic is counted: the tunnel's own counter (for
+/// `/api/connections`) and the aggregated Prometheus ones.
+pub struct Counters<'a> {
     pub tunnel: &'a AtomicU64,
-    pub metric: IntCounter,
+    pub bytes: IntCounter,
+    pub messages: IntCounter,
+    /// Where Close frames tidegate sends in this direction are counted: the
+    /// metric, with the pool and the peer ("client" or "backend") that gets them.
+    pub closes: (&'a IntCounterVec, &'a str, &'static str),
 }
 
-impl Counter<'_> {
-    fn add(&self, n: usize) {
-        self.tunnel.fetch_add(n as u64, Ordering::Relaxed);
-        self.metric.inc_by(n as u64);
-    }
-}
-
-/// Splices `client` and `backend` until both directions ended (or one failed).
-pub async fn run(client: Upgraded, backend: Upgraded, up: Counter<'_>, down: Counter<'_>) -> io::Result<()> {
-    let client = match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client) {
-        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
-        Err(upgraded) => Err(upgraded),
-    };
-    let backend = match backend.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
-        Err(upgraded) => Err(upgraded),
-    };
+/// Splices `client` and `backend` until both directions ended, one failed,
+/// or a drain finished with them.
+pub async fn run(
+    client: Upgraded,
+    backend: Upgraded,
+    info: &TunnelInfo,
+    up: Counters<'_>,
+    down: Counters<'_>,
+) -> io::Result<()> {
+    let client = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client)
+        .map(|parts| (parts.io.into_inner(), parts.read_buf));
+    let backend = backend.downcast::<TokioIo<TcpStream>>().map(|parts| (parts.io.into_inner(), parts.read_buf));
     match (client, backend) {
         (Ok((c, c_early)), Ok((b, b_early))) => {
-            let upstream = pump(&c, &b, c_early, &up);
-            let downstream = pump(&b, &c, b_early, &down);
-            tokio::try_join!(upstream, downstream).map(|_| ())
+            let mut upstream = Flow::new(&c, &b, Direction::Up, info, up);
+            let mut downstream = Flow::new(&b, &c, Direction::Down, info, down);
+            tokio::try_join!(upstream.run(c_early), downstream.run(b_early)).map(|_| ())
         }
         (client, backend) => {
             let client = client.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
             let backend = backend.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
-            generic(client, backend, up, down).await
+            tokio::select! {
+                r = generic(client, backend, up, down) => r,
+                () = forced(info, Direction::Up) => Err(io::Error::other("drain deadline reached")),
+            }
         }
     }
 }
 
-/// Moves bytes from `src` to `dst` until `src` sends FIN, which is passed on.
-async fn pump(src: &TcpStream, dst: &TcpStream, early: Bytes, counter: &Counter<'_>) -> io::Result<()> {
-    if !early.is_empty() {
-        write_all(dst, &early).await?;
-        counter.add(early.len());
+/// Resolves when a drain forces the tunnel closed.
+async fn forced(info: &TunnelInfo, dir: Direction) {
+    std::future::poll_fn(|cx| match info.poll_drain(dir, cx) {
+        std::task::Poll::Ready(DrainRequest::Force) => std::task::Poll::Ready(()),
+        _ => std::task::Poll::Pending,
+    })
+    .await
+}
+
+/// One direction of a TCP tunnel.
+struct Flow<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    dir: Direction,
+    info: &'a TunnelInfo,
+    counters: Counters<'a>,
+    frames: FrameTracker,
+}
+
+/// What a burst of reads found.
+#[derive(PartialEq)]
+enum Burst {
+    /// The socket is empty for now.
+    Drained,
+    /// The source sent FIN.
+    Eof,
+}
+
+impl<'a> Flow<'a> {
+    fn new(src: &'a TcpStream, dst: &'a TcpStream, dir: Direction, info: &'a TunnelInfo, c: Counters<'a>) -> Self {
+        Flow { src, dst, dir, info, counters: c, frames: FrameTracker::new() }
     }
-    drop(early);
-    loop {
-        src.readable().await?;
+
+    /// Forwards until FIN (passed on as a half-close) or until a drain asks.
+    async fn run(&mut self, early: Bytes) -> io::Result<()> {
+        if !early.is_empty() {
+            self.forward(&early).await?;
+        }
+        drop(early);
+        let request = loop {
+            tokio::select! {
+                biased;
+                request = self.info.drain_requested(self.dir) => break request,
+                ready = self.src.readable() => ready?,
+            }
+            if self.burst().await? == Burst::Eof {
+                let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
+                return Ok(());
+            }
+        };
+        match request {
+            DrainRequest::Force => Err(io::Error::other("drain deadline reached")),
+            DrainRequest::Close(code) => self.goodbye(code).await,
+        }
+    }
+
+    /// Reads until the socket is empty, forwarding everything; holds a buffer
+    /// only while there is something to move.
+    async fn burst(&mut self) -> io::Result<Burst> {
         let mut buf = PooledBuf::take();
-        // Read until the socket is empty, then give the buffer back before waiting.
         loop {
-            match src.try_read(&mut buf) {
-                Ok(0) => {
-                    // Half-close: the other direction may still be sending.
-                    let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
-                    return Ok(());
-                }
+            match self.src.try_read(&mut buf) {
+                Ok(0) => return Ok(Burst::Eof),
                 Ok(n) => {
-                    write_all(dst, &buf[..n]).await?;
-                    counter.add(n);
+                    self.forward(&buf[..n]).await?;
                     if n < buf.len() {
-                        break;
+                        return Ok(Burst::Drained);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
                 Err(e) => return Err(e),
             }
         }
     }
+
+    /// Writes `data` on and counts it, bytes and frames.
+    async fn forward(&mut self, data: &[u8]) -> io::Result<()> {
+        write_all(self.dst, data).await?;
+        self.counters.tunnel.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.counters.bytes.inc_by(data.len() as u64);
+        let messages = self.frames.messages();
+        self.frames.feed(data);
+        if self.frames.messages() != messages {
+            self.counters.messages.inc_by(self.frames.messages() - messages);
+        }
+        Ok(())
+    }
+
+    /// The drain of one direction: forward up to the next frame boundary, send
+    /// a Close there, then discard what the source sends until its FIN (its
+    /// Close reply comes on the way), bounded by `CLOSE_WAIT` and the drain's
+    /// hard deadline.
+    async fn goodbye(&mut self, code: u16) -> io::Result<()> {
+        let leftover = tokio::select! {
+            biased;
+            () = forced(self.info, self.dir) => return Err(io::Error::other("drain deadline reached")),
+            leftover = self.reach_boundary() => leftover?,
+        };
+        let Some(leftover) = leftover else {
+            return Ok(()); // the source ended first
+        };
+        write_all(self.dst, &close_frame(code, self.dir, self.info.id)).await?;
+        let (closes, pool, peer) = self.counters.closes;
+        closes.with_label_values(&[pool, peer, &code.to_string()]).inc();
+        let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
+        self.frames.feed(&leftover);
+        debug!(dir = ?self.dir, code, "sent Close");
+        tokio::select! {
+            biased;
+            () = forced(self.info, self.dir) => {}
+            () = tokio::time::sleep(CLOSE_WAIT) => {}
+            r = self.discard_until_eof() => r?,
+        }
+        Ok(())
+    }
+
+    /// Forwards whole frames until the stream is at a boundary; returns the
+    /// bytes read past it (not forwarded), or `None` if the source ended.
+    /// A stream that is not valid WebSocket framing never reaches a boundary:
+    /// it is forwarded as is until the drain's deadline.
+    async fn reach_boundary(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if self.frames.at_boundary() {
+                return Ok(Some(Vec::new()));
+            }
+            self.src.readable().await?;
+            let mut buf = PooledBuf::take();
+            let n = match self.src.try_read(&mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            match self.frames.next_boundary(&buf[..n]) {
+                Some(k) => {
+                    self.forward(&buf[..k]).await?;
+                    return Ok(Some(buf[k..n].to_vec()));
+                }
+                None => self.forward(&buf[..n]).await?,
+            }
+        }
+    }
+
+    /// Reads and drops what the source sends (after our Close it may only
+    /// be its own Close), until its FIN.
+    async fn discard_until_eof(&mut self) -> io::Result<()> {
+        loop {
+            self.src.readable().await?;
+            let mut buf = PooledBuf::take();
+            match self.src.try_read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.frames.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A Close frame carrying `code`: unmasked towards the client, as a server
+/// sends it; masked towards the backend, as a client must (RFC 6455 §5.3).
+fn close_frame(code: u16, dir: Direction, seed: u64) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(CLOSE_REASON);
+    let mut frame = vec![0x88]; // FIN + Close
+    match dir {
+        Direction::Down => {
+            frame.push(payload.len() as u8);
+            frame.extend_from_slice(&payload);
+        }
+        Direction::Up => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let key =
+                (xxhash_rust::xxh3::xxh3_64(&[seed.to_le_bytes(), (nanos.as_nanos() as u64).to_le_bytes()].concat())
+                    as u32)
+                    .to_be_bytes();
+            frame.push(0x80 | payload.len() as u8);
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+    }
+    frame
 }
 
 async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
@@ -153,29 +320,54 @@ enum Io {
 }
 
 /// The generic path: `copy_bidirectional` over any transport, counted at the end.
-async fn generic(client: Io, backend: Io, up: Counter<'_>, down: Counter<'_>) -> io::Result<()> {
+async fn generic(client: Io, backend: Io, up: Counters<'_>, down: Counters<'_>) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    async fn prepare(io: Io, peer_early: &mut Vec<u8>) -> Box<dyn AsyncStream> {
+    fn prepare(io: Io, early: &mut Vec<u8>) -> Box<dyn AsyncStream> {
         match io {
-            Io::Tcp(s, early) => {
-                peer_early.extend_from_slice(&early);
+            Io::Tcp(s, pending) => {
+                early.extend_from_slice(&pending);
                 Box::new(s)
             }
             Io::Upgraded(u) => Box::new(u),
         }
     }
     let (mut c_early, mut b_early) = (Vec::new(), Vec::new());
-    let mut c = prepare(client, &mut c_early).await;
-    let mut b = prepare(backend, &mut b_early).await;
+    let mut c = prepare(client, &mut c_early);
+    let mut b = prepare(backend, &mut b_early);
     b.write_all(&c_early).await?;
     c.write_all(&b_early).await?;
-    up.add(c_early.len());
-    down.add(b_early.len());
     let (n_up, n_down) = tokio::io::copy_bidirectional(&mut c, &mut b).await?;
-    up.add(n_up as usize);
-    down.add(n_down as usize);
+    for (counters, n) in [(&up, n_up + c_early.len() as u64), (&down, n_down + b_early.len() as u64)] {
+        counters.tunnel.fetch_add(n, Ordering::Relaxed);
+        counters.bytes.inc_by(n);
+    }
     Ok(())
 }
 
 trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_frames_are_well_formed_both_ways() {
+        let to_client = close_frame(1012, Direction::Down, 7);
+        assert_eq!(&to_client[..4], &[0x88, 2 + CLOSE_REASON.len() as u8, 0x03, 0xF4]);
+        assert_eq!(&to_client[4..], CLOSE_REASON);
+
+        let to_backend = close_frame(1001, Direction::Up, 7);
+        assert_eq!(to_backend[0], 0x88);
+        assert_eq!(to_backend[1], 0x80 | (2 + CLOSE_REASON.len() as u8));
+        let key = &to_backend[2..6];
+        let payload: Vec<u8> = to_backend[6..].iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        assert_eq!(&payload[..2], &1001u16.to_be_bytes());
+        assert_eq!(&payload[2..], CLOSE_REASON);
+
+        let mut t = FrameTracker::new();
+        t.feed(&to_client);
+        t.feed(&to_backend);
+        assert!(t.at_boundary() && t.saw_close() && t.close_code() == Some(1012));
+    }
+}

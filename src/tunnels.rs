@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,11 +28,93 @@ pub struct TunnelInfo {
     pub backend: Arc<Backend>,
     /// The routing key, as text, for operators (never a metric label).
     pub key: Box<str>,
+    /// The key's position on the ring, to find the tunnels a joining backend
+    /// would now own (re-home).
+    pub key_hash: u64,
     pub opened: Instant,
     /// Client to backend.
     pub bytes_up: AtomicU64,
     /// Backend to client.
     pub bytes_down: AtomicU64,
+    /// What a drain asks of the tunnel: 0 nothing, else `CLOSE | code` or `FORCE`.
+    drain: AtomicU32,
+    /// Wakes each direction of the tunnel when `drain` changes (one per direction,
+    /// lock-free, so the hot path only pays for registering a waker).
+    wakers: [AtomicWaker; 2],
+    /// Set when the tunnel has ended, for drains waiting on it.
+    closed: AtomicBool,
+}
+
+/// A direction of a tunnel, for [`TunnelInfo::poll_drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to backend.
+    Up = 0,
+    /// Backend to client.
+    Down = 1,
+}
+
+/// What a drain asks of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainRequest {
+    /// Say goodbye with a Close frame carrying this code, at a frame boundary.
+    Close(u16),
+    /// Close the sockets now.
+    Force,
+}
+
+const CLOSE: u32 = 1 << 16;
+const FORCE: u32 = 1 << 17;
+
+impl TunnelInfo {
+    /// Asks the tunnel to close politely with `code` (no effect if already asked).
+    pub fn request_close(&self, code: u16) {
+        if self.drain.compare_exchange(0, CLOSE | u32::from(code), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.wake();
+        }
+    }
+
+    /// Asks the tunnel to close its sockets now.
+    pub fn force_close(&self) {
+        self.drain.fetch_or(FORCE, Ordering::AcqRel);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        self.wakers.iter().for_each(AtomicWaker::wake);
+    }
+
+    /// The current drain request, if any.
+    pub fn drain_request(&self) -> Option<DrainRequest> {
+        let d = self.drain.load(Ordering::Acquire);
+        match d {
+            0 => None,
+            _ if d & FORCE != 0 => Some(DrainRequest::Force),
+            _ => Some(DrainRequest::Close(d as u16)),
+        }
+    }
+
+    /// Ready with the drain request once there is one; registers `dir`'s waker.
+    pub fn poll_drain(&self, dir: Direction, cx: &mut Context<'_>) -> Poll<DrainRequest> {
+        if let Some(r) = self.drain_request() {
+            return Poll::Ready(r);
+        }
+        self.wakers[dir as usize].register(cx.waker());
+        match self.drain_request() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Resolves once a drain request arrives.
+    pub async fn drain_requested(&self, dir: Direction) -> DrainRequest {
+        std::future::poll_fn(|cx| self.poll_drain(dir, cx)).await
+    }
+
+    /// Whether the tunnel has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 /// The open tunnels, by id.
@@ -47,6 +132,7 @@ pub struct TunnelGuard {
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
+        self.info.closed.store(true, Ordering::Release);
         self.info.backend.open.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut open) = self.registry.open.lock() {
             open.remove(&self.info.id);
@@ -63,6 +149,8 @@ pub struct TunnelView {
     pub pool: String,
     pub backend: String,
     pub key: String,
+    /// A drain has asked this tunnel to close.
+    pub draining: bool,
     pub age_seconds: f64,
     pub opened_unix: u64,
     pub bytes_up: u64,
@@ -77,6 +165,7 @@ impl Tunnels {
         listener: Arc<str>,
         backend: Arc<Backend>,
         key: &[u8],
+        key_hash: u64,
     ) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         backend.open.fetch_add(1, Ordering::Relaxed);
@@ -86,9 +175,13 @@ impl Tunnels {
             listener,
             backend,
             key: String::from_utf8_lossy(&key[..key.len().min(128)]).into(),
+            key_hash,
             opened: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            drain: AtomicU32::new(0),
+            wakers: Default::default(),
+            closed: AtomicBool::new(false),
         });
         if let Ok(mut open) = self.open.lock() {
             open.insert(id, info.clone());
@@ -102,6 +195,16 @@ impl Tunnels {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The open tunnels that `keep` selects, oldest first.
+    pub fn select(&self, mut keep: impl FnMut(&TunnelInfo) -> bool) -> Vec<Arc<TunnelInfo>> {
+        let mut out: Vec<Arc<TunnelInfo>> = match self.open.lock() {
+            Ok(open) => open.values().filter(|t| keep(t)).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort_unstable_by_key(|t| t.id);
+        out
     }
 
     /// A copy of the list, newest first, at most `limit` entries.
@@ -124,6 +227,7 @@ impl Tunnels {
                     pool: t.backend.pool.to_string(),
                     backend: t.backend.addr.to_string(),
                     key: t.key.to_string(),
+                    draining: t.drain_request().is_some(),
                     age_seconds: age.as_secs_f64(),
                     opened_unix: now.saturating_sub(age).as_secs(),
                     bytes_up: t.bytes_up.load(Ordering::Relaxed),

@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span};
 use crate::error::ProxyError;
 use crate::proxy::{ConnCtx, Exchange, ProxyBody, Tracked};
 use crate::snapshot::Pool;
-use crate::tunnel::{self, Counter};
+use crate::tunnel::{self, Counters};
 use crate::upstream::{self, ForwardedFor};
 
 /// What kind of request this is, as far as upgrades go.
@@ -159,7 +159,7 @@ pub async fn proxy(
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *to_client.headers_mut() = std::mem::take(resp.headers_mut());
 
-    let guard = ctx.shared.tunnels.open(ctx.client, ctx.listener.clone(), backend, &ex.key);
+    let guard = ctx.shared.tunnels.open(ctx.client, ctx.listener.clone(), backend, &ex.key, ex.key_hash);
     let span = info_span!("tunnel", id = guard.info.id, pool = %pool.name, backend = %guard.info.backend.addr);
     tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, on_backend_upgrade).instrument(span));
     to_client
@@ -185,10 +185,15 @@ async fn run_tunnel(
             return;
         }
     };
-    let up = Counter { tunnel: &info.bytes_up, metric: m.bytes_total.with_label_values(&[pool, addr, "upstream"]) };
-    let down =
-        Counter { tunnel: &info.bytes_down, metric: m.bytes_total.with_label_values(&[pool, addr, "downstream"]) };
-    let splice = tunnel::run(client, backend, up, down);
+    let counters = |tunnel, direction, peer| Counters {
+        tunnel,
+        bytes: m.bytes_total.with_label_values(&[pool, addr, direction]),
+        messages: m.websocket_messages_total.with_label_values(&[pool, addr, direction]),
+        closes: (&m.close_frames_sent, pool, peer),
+    };
+    let up = counters(&info.bytes_up, "upstream", "backend");
+    let down = counters(&info.bytes_down, "downstream", "client");
+    let splice = tunnel::run(client, backend, info, up, down);
     let result = match ctx.snapshot.limits.idle_timeout {
         None => splice.await,
         Some(idle) => tokio::select! {

@@ -447,7 +447,8 @@ fn drain_settings_and_rehome_are_read_and_checked() {
     assert_eq!(c.pools[0].drain, DrainConfig::default());
     assert_eq!((c.pools[0].drain.close_code, c.pools[0].rehome), (1012, false));
 
-    let text = format!("{BASE}rehome = true\n\n[pools.chat.drain]\ntimeout = \"1m\"\nspread = \"20s\"\nclose_code = 1001\n");
+    let text =
+        format!("{BASE}rehome = true\n\n[pools.chat.drain]\ntimeout = \"1m\"\nspread = \"20s\"\nclose_code = 1001\n");
     let c = parse(&text, "t.toml").unwrap();
     let want = DrainConfig { timeout: Duration::from_secs(60), spread: Duration::from_secs(20), close_code: 1001 };
     assert_eq!((c.pools[0].drain, c.pools[0].rehome), (want, true));

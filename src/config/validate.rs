@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::decode::{RawAdmin, RawBackend, RawConfig, RawDrain, RawLimits, RawListener, RawPool, RawRoute, key_segment};
+use super::decode::{
+    RawAdmin, RawBackend, RawConfig, RawDrain, RawLimits, RawListener, RawPool, RawRoute, key_segment,
+};
 use super::{
-    AdminConfig, BackendConfig, Config, DEFAULT_CLOSE_CODE, DEFAULT_DRAIN_SPREAD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT,
-    DEFAULT_MAX_FAILS, DrainConfig, KeySpec, Limits, ListenerConfig,
-    MAX_HEADER_BYTES, MAX_WEIGHT, MIN_HEADER_BYTES, PoolConfig, Report, RouteConfig, parse_duration,
+    AdminConfig, BackendConfig, Config, DEFAULT_CLOSE_CODE, DEFAULT_DRAIN_SPREAD, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_MAX_FAILS, DrainConfig, KeySpec, Limits, ListenerConfig, MAX_HEADER_BYTES,
+    MAX_WEIGHT, MIN_HEADER_BYTES, PoolConfig, Report, RouteConfig, parse_duration,
 };
 
 const KEY_EXAMPLES: &str = r#"use e.g. "ip", "header:x-user-id", "cookie:session", "query:room" or "path:2""#;
@@ -298,7 +300,8 @@ impl Report<'_> {
             None => DEFAULT_CLOSE_CODE,
             Some(c) if matches!(*c.get_ref(), 1001 | 1012) => *c.get_ref() as u16,
             Some(c) => {
-                let msg = format!("close_code is {}, it must be 1001 (Going Away) or 1012 (Service Restart)", c.get_ref());
+                let msg =
+                    format!("close_code is {}, it must be 1001 (Going Away) or 1012 (Service Restart)", c.get_ref());
                 self.error(c.span(), &format!("{p}.close_code"), msg, "use 1012, the default");
                 DEFAULT_CLOSE_CODE
             }
