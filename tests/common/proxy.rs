@@ -118,3 +118,39 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A proxy started from a config file (so it can be reloaded); returns the
+/// proxy and the file, which tests rewrite before a reload.
+pub async fn start_proxy_from_file(text: &str) -> (Running, std::path::PathBuf) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("tidegate-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{}.toml", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    std::fs::write(&path, text).expect("write config");
+    let config = tidegate::config::load(&path).expect("test config is valid");
+    let running = tidegate::server::start_with(config, Some(path.clone())).await.expect("proxy starts");
+    (running, path)
+}
+
+/// A POST to the admin endpoint: (status, JSON body).
+pub async fn admin_post(admin: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(admin).await.expect("connect admin");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("http1 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post(path)
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("answer");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// A GET to the admin endpoint, parsed as JSON.
+pub async fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let (_, _, body) = get(admin, path, &[]).await;
+    serde_json::from_slice(&body).expect("admin answers JSON")
+}
