@@ -40,6 +40,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr must not take the proxy down: tracing would report the
+        // failed write with `eprintln!`, which panics when stderr is gone.
+        .log_internal_errors(false)
         .init();
     match cli.command {
         Command::Check { config } => match tidegate::config::load(&config) {

@@ -116,10 +116,15 @@ async fn a_backend_removed_by_reload_drains_paced_and_the_others_lose_nothing() 
     // Spread over the 2 s window, not bunched at its start.
     let first_tenth = offsets.iter().filter(|o| **o < 0.2).count();
     assert!(first_tenth < offsets.len() / 3, "{first_tenth} of {} closes came in the first tenth", offsets.len());
-    assert!(offsets.iter().cloned().fold(0.0, f64::max) > 1.0, "closes should reach the end of the window: {offsets:?}");
+    assert!(
+        offsets.iter().cloned().fold(0.0, f64::max) > 1.0,
+        "closes should reach the end of the window: {offsets:?}"
+    );
     let backends = admin_json(proxy.admin, "/api/backends").await;
     assert_eq!(backends["pools"][0]["backends"].as_array().unwrap().len(), 2);
-    assert!(eventually(|| proxy.shared.tunnels.select(|t| &*t.backend.addr == bs[0].addr.to_string()).is_empty()).await);
+    assert!(
+        eventually(|| proxy.shared.tunnels.select(|t| &*t.backend.addr == bs[0].addr.to_string()).is_empty()).await
+    );
 }
 
 #[tokio::test]
@@ -189,7 +194,10 @@ async fn the_drain_api_closes_a_backends_tunnels_and_undrain_brings_it_back() {
 
 /// A backend that sends the first frame of a fragmented text message in two
 /// halves, waiting between them for `go`; then the last fragment.
-async fn fragmenting_backend(halfway: tokio::sync::oneshot::Sender<()>, go: tokio::sync::oneshot::Receiver<()>) -> SocketAddr {
+async fn fragmenting_backend(
+    halfway: tokio::sync::oneshot::Sender<()>,
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -1,0 +1,94 @@
+//! The real binary under SIGTERM: readiness goes 503 at once, every tunnel
+//! gets a Close, and the process exits by itself before the drain deadline.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::backend::TestBackend;
+use common::proxy::{config_text, next, ws};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Kills the proxy if the test fails before it exits by itself.
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the child's log lines until both the listener's and the admin
+/// endpoint's addresses appeared.
+fn addresses(stderr: std::process::ChildStderr) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let (mut public, mut admin) = (None, None);
+    for line in BufReader::new(stderr).lines().map_while(Result::ok).take(100) {
+        let addr = |key: &str| line.split(key).nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        if line.contains("listening listener=public") {
+            public = addr("addr=");
+        } else if line.contains("admin endpoint listening") {
+            admin = addr("admin=");
+        }
+        if let (Some(p), Some(a)) = (public, admin) {
+            return (p, a);
+        }
+    }
+    panic!("the proxy did not log its addresses");
+}
+
+#[tokio::test]
+async fn sigterm_drains_every_tunnel_and_exits() {
+    let backends = [TestBackend::start("a").await, TestBackend::start("b").await];
+    let drain = "[pools.echo.drain]\ntimeout = \"20s\"\nspread = \"500ms\"\n";
+    let text = config_text(&[backends[0].addr, backends[1].addr], drain);
+    let path = std::env::temp_dir().join(format!("tidegate-shutdown-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    // Once the addresses are read the pipe closes: a proxy whose log is gone
+    // must keep serving (and does, in what follows).
+    let (public, admin) = tokio::task::spawn_blocking(move || addresses(stderr)).await.unwrap();
+
+    let mut tunnels = Vec::new();
+    for k in 0..20 {
+        let (mut ws, _) = ws(public, &format!("/?room=s{k}")).await;
+        assert_eq!(common::proxy::echo(&mut ws, Message::text("hi")).await, Message::text("hi"));
+        tunnels.push(ws);
+    }
+    let (status, _, _) = common::proxy::get(admin, "/readyz", &[]).await;
+    assert_eq!(status, 200);
+
+    let signalled = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
+    let mut not_ready = false;
+    for _ in 0..100 {
+        let (status, _, _) = common::proxy::get(admin, "/readyz", &[]).await;
+        if status == 503 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(not_ready, "readiness did not turn 503 after SIGTERM");
+
+    for (k, mut ws) in tunnels.into_iter().enumerate() {
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1012, "tunnel {k}"),
+            other => panic!("tunnel {k}: expected a Close, got {other:?}"),
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || child.0.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(signalled.elapsed() < Duration::from_secs(20), "exited only at the deadline");
+    // New clients are refused once the listeners are closed.
+    assert!(tokio::net::TcpStream::connect(public).await.is_err());
+}
