@@ -19,6 +19,7 @@
 #   PROXIES="direct tidegate haproxy nginx"   (also: haproxy-64k nginx-64k)
 #   IDLE_N=9900       idle WebSockets held in "idle"
 #   TIDEGATE_BIN=...  tidegate binary (default: the workspace's target/release/tidegate)
+#   TIDEGATE_LOG=...  RUST_LOG for tidegate (default: info,tidegate::access=off)
 #   SKIP_BUILD=1      use the binaries as they are
 #   CARGO_TARGET_DIR  honoured, as by cargo
 #
@@ -74,9 +75,11 @@ say "fd limit: $(ulimit -n)"
 SCRATCH=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
 mkdir -p "$BENCH_DIR/results"
 OUT=$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S).jsonl
+[[ -e $OUT ]] && OUT=${OUT%.jsonl}-$$.jsonl
 : >"$OUT"
 BACKEND_PID=
 PROXY_PID=
+LOAD_PID=
 
 stop_pid() { # PID: TERM, up to 5 s, then KILL
     local pid=$1
@@ -87,6 +90,7 @@ stop_pid() { # PID: TERM, up to 5 s, then KILL
     wait "$pid" 2>/dev/null || true
 }
 cleanup() {
+    stop_pid "$LOAD_PID"
     stop_pid "$PROXY_PID"
     stop_pid "$BACKEND_PID"
 }
@@ -115,7 +119,9 @@ start_proxy() { # NAME: starts it pinned to CPU 0, sets PROXY_PID
     fi
     case $name in
         tidegate)
-            taskset -c 0 "$TIDEGATE_BIN" run --config "$BENCH_DIR/configs/tidegate.toml" 2>>"$log" &
+            # No access log (the peers run without one either).
+            RUST_LOG=${TIDEGATE_LOG:-info,tidegate::access=off} \
+                taskset -c 0 "$TIDEGATE_BIN" run --config "$BENCH_DIR/configs/tidegate.toml" 2>>"$log" &
             ;;
         haproxy | haproxy-64k)
             local cfg=$BENCH_DIR/configs/haproxy.cfg
@@ -162,11 +168,16 @@ run_one() { # ROUND SCENARIO PROXY
     fi
     [[ -n $PROXY_PID ]] && pid_args=(--pid "$PROXY_PID")
     lines=$(wc -l <"$OUT")
+    # In the background with `wait`, so that Ctrl-C is handled at once. The
+    # harness bounds itself; `timeout` is the last resort.
     # shellcheck disable=SC2046 # scenario_args is meant to split
     timeout --kill-after=10 $((DURATION * 3 + 240)) \
         taskset -c 1 "$HARNESS" "$scenario" --target "$addr" --proxy "$proxy" --round "$round" \
         --duration "$DURATION" "${pid_args[@]}" $(scenario_args "$scenario") \
-        >>"$OUT" 2>>"$SCRATCH/harness.log" || rc=$?
+        >>"$OUT" 2>>"$SCRATCH/harness.log" &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || rc=$?
+    LOAD_PID=
     tail -1 "$SCRATCH/harness.log" >&2
     if (($(wc -l <"$OUT") == lines)); then # the harness wrote no record
         if ((rc == 124 || rc == 137)); then

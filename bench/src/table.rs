@@ -90,9 +90,12 @@ pub fn render(records: &[Record]) -> String {
     // failure counts, each in the order they were reported.
     rows.sort_by_key(|r| (rank(SCENARIO_ORDER, &r.scenario), group(r)));
 
+    let with_ratio = proxies.iter().any(|p| p == "tidegate");
     let mut header = vec!["scenario".to_owned(), "metric".to_owned()];
     header.extend(proxies.iter().cloned());
-    header.push("tidegate/best peer".to_owned());
+    if with_ratio {
+        header.push("tidegate/best peer".to_owned());
+    }
     let mut table = vec![header];
     for row in &rows {
         let arrow = match row.better {
@@ -105,7 +108,9 @@ pub fn render(records: &[Record]) -> String {
         for p in &proxies {
             line.push(row.values.get(p).map_or("-".to_owned(), |v| cell(v)));
         }
-        line.push(ratio(row));
+        if with_ratio {
+            line.push(ratio(row));
+        }
         table.push(line);
     }
 
