@@ -122,9 +122,7 @@ async fn a_backend_removed_by_reload_drains_paced_and_the_others_lose_nothing() 
     );
     let backends = admin_json(proxy.admin, "/api/backends").await;
     assert_eq!(backends["pools"][0]["backends"].as_array().unwrap().len(), 2);
-    assert!(
-        eventually(|| proxy.shared.tunnels.select(|t| &*t.backend.addr == bs[0].addr.to_string()).is_empty()).await
-    );
+    assert!(eventually(|| proxy.shared.tunnels.select(|t| *t.backend.addr == bs[0].addr.to_string()).is_empty()).await);
 }
 
 #[tokio::test]
