@@ -41,7 +41,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(&shared, req)) }
+                async move { Ok::<_, Infallible>(respond(&shared, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
@@ -65,7 +65,13 @@ struct BackendView {
     open: u64,
 }
 
-fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if (req.method(), req.uri().path()) == (&Method::POST, "/api/upgrade") {
+        return match lifecycle::upgrade(shared).await {
+            Ok(pid) => json(&serde_json::json!({ "upgraded": true, "new_pid": pid })),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        };
+    }
     let snapshot = shared.snapshot.load();
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -101,12 +107,19 @@ fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>
             json(&serde_json::json!({ "open": shared.tunnels.len(), "tunnels": tunnels }))
         }
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE.into()),
+        (&Method::GET, "/api/status") => json(&serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "ready": shared.ready.load(Ordering::Relaxed),
+            "tunnels": shared.tunnels.len(),
+            "pools": snapshot.pools.len(),
+        })),
         (&Method::POST, "/api/reload") => match lifecycle::reload(shared) {
             Ok(report) => json(&serde_json::json!({ "reloaded": true, "changes": report })),
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         },
         (&Method::POST, path) if path.starts_with("/api/pools/") => backend_action(shared, path),
-        (_, "/metrics" | "/healthz" | "/readyz" | "/api/backends" | "/api/connections" | "/") => {
+        (_, "/metrics" | "/healthz" | "/readyz" | "/api/backends" | "/api/connections" | "/api/status" | "/") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into())
         }
         _ => {

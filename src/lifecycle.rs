@@ -212,3 +212,31 @@ pub async fn shutdown(shared: &Arc<Shared>) {
     tokio::join!(futures_util::future::join_all(drains), http);
     info!("shutdown complete");
 }
+
+/// Binary upgrade (`tidegate upgrade`, `SIGUSR2`, `POST /api/upgrade`):
+/// starts the binary this process came from, hands it every listening socket
+/// and, once it serves, stops accepting here and signals `handed_over` so the
+/// caller drains and exits. Returns the new process id. On failure nothing
+/// changes here.
+pub async fn upgrade(shared: &Arc<Shared>) -> Result<u32, crate::handover::HandoverError> {
+    use crate::handover::{self, HandoverError};
+    let config = shared.config_path.clone().ok_or(HandoverError::NoConfigFile)?;
+    let exe = match &shared.exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut sockets = Vec::new();
+    for h in shared.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        sockets.push((h.config.name.clone(), h.socket.try_clone()?));
+    }
+    if let Some(admin) = shared.admin.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        sockets.push((handover::ADMIN.to_string(), admin.socket.try_clone()?));
+    }
+    let pid = tokio::task::spawn_blocking(move || handover::hand_over(&exe, &config, sockets))
+        .await
+        .map_err(|e| HandoverError::Io(std::io::Error::other(e)))??;
+    info!(pid, "binary upgrade: the new process serves; this one stops accepting and drains");
+    shared.stop_admin();
+    shared.handed_over.notify_one();
+    Ok(pid)
+}

@@ -21,6 +21,9 @@ enum Command {
     Run {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from a running tidegate (set by `upgrade`).
+        #[arg(long, value_name = "SOCKET", hide = true)]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate a config and exit: 0 when valid, 2 with every problem listed.
     Check {
@@ -33,6 +36,40 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Ask a running tidegate to reload its config.
+    Reload(Admin),
+    /// Ask a running tidegate to hand its sockets to a new binary and drain.
+    Upgrade(Admin),
+    /// Show a running tidegate's pools, backends and tunnels.
+    Status(Admin),
+    /// Stop sending new connections to a backend and move its tunnels away.
+    Drain {
+        pool: String,
+        backend: String,
+        /// Follow the drain until the backend has no open connection.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Let a drained backend take new connections again.
+    Undrain {
+        pool: String,
+        backend: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+/// Where a running tidegate's admin endpoint is.
+#[derive(clap::Args)]
+struct Admin {
+    /// The admin endpoint's address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    admin: std::net::SocketAddr,
+    /// Print the admin API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,7 +94,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config: path } => {
+        Command::Run { config: path, upgrade_from } => {
+            // The binary a later upgrade starts: this path, read now, before
+            // a package manager replaces the file.
+            let exe = std::env::current_exe().ok();
             let config = match tidegate::config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -69,18 +109,38 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let (inherited, parent) = match upgrade_from.as_deref().map(tidegate::handover::receive).transpose() {
+                Ok(Some((sockets, parent))) => (sockets, Some(parent)),
+                Ok(None) => Default::default(),
+                Err(e) => return fail(&e.to_string()),
+            };
             let runtime = match runtime(config.workers) {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };
             runtime.block_on(async {
-                let running = match tidegate::server::start_with(config, Some(path)).await {
+                let opts = tidegate::server::StartOptions { config_path: Some(path), inherited, exe };
+                let running = match tidegate::server::start_with(config, opts).await {
                     Ok(running) => running,
                     Err(e) => return fail(&e.to_string()),
                 };
+                if let Some(parent) = parent
+                    && let Err(e) = tidegate::handover::ready(parent)
+                {
+                    return fail(&format!("binary upgrade: cannot tell the old process we are ready: {e}"));
+                }
                 serve_until_shutdown(&running).await;
                 ExitCode::SUCCESS
             })
+        }
+        Command::Reload(a) => ctl(|| tidegate::ctl::reload(a.admin, a.json)),
+        Command::Upgrade(a) => ctl(|| tidegate::ctl::upgrade(a.admin, a.json)),
+        Command::Status(a) => ctl(|| tidegate::ctl::status(a.admin, a.json)),
+        Command::Drain { pool, backend, wait, admin: a } => {
+            ctl(|| tidegate::ctl::drain(a.admin, &pool, &backend, wait, a.json))
+        }
+        Command::Undrain { pool, backend, admin: a } => {
+            ctl(|| tidegate::ctl::undrain(a.admin, &pool, &backend, a.json))
         }
         Command::Demo { port } => {
             let runtime = match runtime(None) {
@@ -111,13 +171,29 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-/// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains, unless a
-/// second SIGTERM or SIGINT asks to exit at once.
+/// Runs an operator command on a small runtime of its own.
+fn ctl<F: std::future::Future<Output = Result<(), tidegate::ctl::CtlError>>>(command: impl FnOnce() -> F) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(command()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, reloading on SIGHUP and upgrading on
+/// SIGUSR2; then drains, unless a second SIGTERM or SIGINT asks to exit at once.
 async fn serve_until_shutdown(running: &tidegate::Running) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let shared = &running.shared;
+    let (Ok(mut hup), Ok(mut usr2), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("tidegate: cannot install signal handlers; stopping");
         return;
     };
@@ -126,19 +202,26 @@ async fn serve_until_shutdown(running: &tidegate::Running) {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 // A refused reload is logged by `reload`; the running config stays.
-                let _ = tidegate::lifecycle::reload(&running.shared);
+                let _ = tidegate::lifecycle::reload(shared);
             }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: binary upgrade");
+                if let Err(e) = tidegate::lifecycle::upgrade(shared).await {
+                    tracing::error!("{e}");
+                }
+            }
+            () = shared.handed_over.notified() => break,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("shutting down: draining tunnels (send the signal again to exit at once)");
     tokio::select! {
-        () = tidegate::lifecycle::shutdown(&running.shared) => {}
+        () = tidegate::lifecycle::shutdown(shared) => {}
         _ = term.recv() => tracing::warn!("second signal: exiting now"),
         _ = int.recv() => tracing::warn!("second signal: exiting now"),
     }
-    running.stop_admin();
+    shared.stop_admin();
 }
 
 /// Waits for SIGINT or SIGTERM.

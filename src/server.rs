@@ -11,8 +11,11 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
 use tracing::info;
@@ -22,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tunnels::Tunnels;
 use crate::upstream::{self, HttpClient};
-use crate::{admin, listener};
+use crate::{admin, handover, listener};
 
 /// State shared by every connection, the admin endpoint and the lifecycle.
 pub struct Shared {
@@ -45,13 +48,37 @@ pub struct Shared {
     /// Tells client connections to finish (HTTP/2 GOAWAY, HTTP/1 keep-alive
     /// off) at shutdown. Tunnels are tracked in `tunnels`, not here.
     pub graceful: Mutex<Option<GracefulShutdown>>,
+    /// The admin endpoint's socket, kept for a binary upgrade to hand over.
+    pub admin: Mutex<Option<ListenerHandle>>,
+    /// Sockets inherited from the process this one replaces, taken by name
+    /// as listeners start.
+    pub inherited: Mutex<handover::Sockets>,
+    /// The binary a `tidegate upgrade` starts: the path this one was started
+    /// from, read at startup (the file there may since have been replaced).
+    pub exe: Option<PathBuf>,
+    /// Signalled once a binary upgrade has handed everything over: this
+    /// process should now drain and exit.
+    pub handed_over: tokio::sync::Notify,
 }
 
-/// A listener accepting clients.
+/// How a proxy starts besides its config.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The file a reload reads again.
+    pub config_path: Option<PathBuf>,
+    /// Sockets handed over by the process being replaced.
+    pub inherited: handover::Sockets,
+    /// The binary a later upgrade starts.
+    pub exe: Option<PathBuf>,
+}
+
+/// A listener accepting clients (or the admin endpoint's).
 pub struct ListenerHandle {
     pub config: ListenerConfig,
     /// The bound address (differs from `config.bind` when it asked for port 0).
     pub addr: SocketAddr,
+    /// A duplicate of the listening socket, for a binary upgrade to hand over.
+    pub socket: OwnedFd,
     stop: watch::Sender<bool>,
 }
 
@@ -70,19 +97,53 @@ pub enum StartError {
 }
 
 impl Shared {
-    /// Binds `config` and starts its accept loop.
-    pub fn listen(self: &Arc<Self>, config: &ListenerConfig) -> Result<ListenerHandle, StartError> {
-        let bound = listener::bind(config.bind).map_err(|source| StartError::Bind {
-            what: format!("listener {}", config.name),
-            addr: config.bind,
-            source,
-        })?;
+    /// The socket for `config`: the one inherited under its name if it is
+    /// bound to the same address, else a new one.
+    fn socket(&self, config: &ListenerConfig, what: &str) -> Result<(TcpListener, OwnedFd, SocketAddr), StartError> {
+        let err = |source| StartError::Bind { what: what.to_string(), addr: config.bind, source };
+        let inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner()).remove(&config.name);
+        let same = |l: &std::net::TcpListener| {
+            l.local_addr().is_ok_and(|a| a == config.bind || (config.bind.port() == 0 && a.ip() == config.bind.ip()))
+        };
+        let bound = match inherited.filter(same) {
+            Some(l) => {
+                info!(%what, "serving on the socket handed over by the previous process");
+                l.set_nonblocking(true).map_err(err)?;
+                TcpListener::from_std(l).map_err(err)?
+            }
+            None => listener::bind(config.bind).map_err(err)?,
+        };
+        let socket = bound.as_fd().try_clone_to_owned().map_err(err)?;
         let addr = bound.local_addr().unwrap_or(config.bind);
+        Ok((bound, socket, addr))
+    }
+
+    /// Binds `config` (or takes it over) and starts its accept loop.
+    pub fn listen(self: &Arc<Self>, config: &ListenerConfig) -> Result<ListenerHandle, StartError> {
+        let (bound, socket, addr) = self.socket(config, &format!("listener {}", config.name))?;
         info!(listener = %config.name, %addr, "listening");
         let (stop, stop_rx) = watch::channel(false);
         let name: Arc<str> = config.name.as_str().into();
         tokio::spawn(listener::accept_loop(bound, name, self.clone(), stop_rx));
-        Ok(ListenerHandle { config: config.clone(), addr, stop })
+        Ok(ListenerHandle { config: config.clone(), addr, socket, stop })
+    }
+
+    /// Starts the admin endpoint on `bind` (or the socket handed over for it).
+    fn serve_admin(self: &Arc<Self>, bind: SocketAddr) -> Result<SocketAddr, StartError> {
+        let config = ListenerConfig { name: handover::ADMIN.into(), bind };
+        let (bound, socket, addr) = self.socket(&config, "the admin endpoint")?;
+        info!(admin = %addr, "admin endpoint listening");
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(admin::serve(bound, self.clone(), stop_rx));
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(ListenerHandle { config, addr, socket, stop });
+        Ok(addr)
+    }
+
+    /// Stops the admin endpoint.
+    pub fn stop_admin(&self) {
+        if let Some(admin) = self.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            admin.stop();
+        }
     }
 
     /// The bound address of the listener `name`, now.
@@ -98,18 +159,12 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     pub admin: SocketAddr,
     pub shared: Arc<Shared>,
-    stop_admin: watch::Sender<bool>,
 }
 
 impl Running {
     /// The bound address of the listener `name` at start.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
-    }
-
-    /// Stops the admin endpoint (the listeners stop with `lifecycle::shutdown`).
-    pub fn stop_admin(&self) {
-        let _ = self.stop_admin.send(true);
     }
 }
 
@@ -118,20 +173,24 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Binds everything `config` names and starts serving. `config_path` is the
-/// file a reload reads again.
-pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+/// Binds everything `config` names (or takes over the sockets in `opts`) and
+/// starts serving.
+pub async fn start_with(config: Config, opts: StartOptions) -> Result<Running, StartError> {
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::build(&config, None)),
         metrics: Metrics::new(),
         tunnels: Arc::default(),
         http: upstream::http_client(config.limits.connect_timeout),
         ready: AtomicBool::new(true),
-        config_path,
+        config_path: opts.config_path,
         listeners: Mutex::default(),
         limit: Arc::new(Semaphore::new(config.limits.max_connections)),
         drains: Mutex::default(),
         graceful: Mutex::new(Some(GracefulShutdown::new())),
+        admin: Mutex::default(),
+        inherited: Mutex::new(opts.inherited),
+        exe: opts.exe,
+        handed_over: tokio::sync::Notify::new(),
     });
     let mut handles = Vec::new();
     for l in &config.listeners {
@@ -139,20 +198,13 @@ pub async fn start_with(config: Config, config_path: Option<PathBuf>) -> Result<
     }
     let listeners = handles.iter().map(|h| (h.config.name.clone(), h.addr)).collect();
     *shared.listeners.lock().unwrap_or_else(|e| e.into_inner()) = handles;
-
-    let admin_listener = listener::bind(config.admin.bind).map_err(|source| StartError::Bind {
-        what: "the admin endpoint".into(),
-        addr: config.admin.bind,
-        source,
-    })?;
-    let admin = admin_listener.local_addr().unwrap_or(config.admin.bind);
-    info!(%admin, "admin endpoint listening");
-    let (stop_admin, stop_rx) = watch::channel(false);
-    tokio::spawn(admin::serve(admin_listener, shared.clone(), stop_rx));
-    Ok(Running { listeners, admin, shared, stop_admin })
+    let admin = shared.serve_admin(config.admin.bind)?;
+    // Inherited sockets no listener wanted (the new config dropped them) close here.
+    shared.inherited.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    Ok(Running { listeners, admin, shared })
 }
 
 /// Binds everything `config` names and starts serving (no file to reload from).
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    start_with(config, None).await
+    start_with(config, StartOptions::default()).await
 }

@@ -3,40 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::backend::TestBackend;
-use common::proxy::{config_text, next, ws};
+use common::proxy::{KillOnDrop, config_text, next, ws};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Kills the proxy if the test fails before it exits by itself.
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads the child's log lines until both the listener's and the admin
-/// endpoint's addresses appeared.
-fn addresses(stderr: std::process::ChildStderr) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    let (mut public, mut admin) = (None, None);
-    for line in BufReader::new(stderr).lines().map_while(Result::ok).take(100) {
-        let addr = |key: &str| line.split(key).nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok());
-        if line.contains("listening listener=public") {
-            public = addr("addr=");
-        } else if line.contains("admin endpoint listening") {
-            admin = addr("admin=");
-        }
-        if let (Some(p), Some(a)) = (public, admin) {
-            return (p, a);
-        }
-    }
-    panic!("the proxy did not log its addresses");
-}
 
 #[tokio::test]
 async fn sigterm_drains_every_tunnel_and_exits() {
@@ -45,18 +17,17 @@ async fn sigterm_drains_every_tunnel_and_exits() {
     let text = config_text(&[backends[0].addr, backends[1].addr], drain);
     let path = std::env::temp_dir().join(format!("tidegate-shutdown-{}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_tidegate"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let stderr = child.stderr.take().unwrap();
     // Once the addresses are read the pipe closes: a proxy whose log is gone
     // must keep serving (and does, in what follows).
-    let (public, admin) = tokio::task::spawn_blocking(move || addresses(stderr)).await.unwrap();
+    let (public, admin) = common::proxy::logged_addresses(stderr).await;
 
     let mut tunnels = Vec::new();
     for k in 0..20 {
@@ -68,7 +39,7 @@ async fn sigterm_drains_every_tunnel_and_exits() {
     assert_eq!(status, 200);
 
     let signalled = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let mut not_ready = false;
     for _ in 0..100 {
         let (status, _, _) = common::proxy::get(admin, "/readyz", &[]).await;
@@ -86,7 +57,7 @@ async fn sigterm_drains_every_tunnel_and_exits() {
             other => panic!("tunnel {k}: expected a Close, got {other:?}"),
         }
     }
-    let status = tokio::task::spawn_blocking(move || child.0.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
     assert!(signalled.elapsed() < Duration::from_secs(20), "exited only at the deadline");
     // New clients are refused once the listeners are closed.

@@ -128,7 +128,8 @@ pub async fn start_proxy_from_file(text: &str) -> (Running, std::path::PathBuf) 
     let path = dir.join(format!("{}.toml", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     std::fs::write(&path, text).expect("write config");
     let config = tidegate::config::load(&path).expect("test config is valid");
-    let running = tidegate::server::start_with(config, Some(path.clone())).await.expect("proxy starts");
+    let opts = tidegate::server::StartOptions { config_path: Some(path.clone()), ..Default::default() };
+    let running = tidegate::server::start_with(config, opts).await.expect("proxy starts");
     (running, path)
 }
 
@@ -153,4 +154,38 @@ pub async fn admin_post(admin: SocketAddr, path: &str) -> (u16, serde_json::Valu
 pub async fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
     let (_, _, body) = get(admin, path, &[]).await;
     serde_json::from_slice(&body).expect("admin answers JSON")
+}
+
+/// Reads a proxy binary's log lines until both its `public` listener's and
+/// its admin endpoint's addresses appeared; panics after 30 s.
+pub async fn logged_addresses(stderr: std::process::ChildStderr) -> (SocketAddr, SocketAddr) {
+    use std::io::BufRead;
+    let read = tokio::task::spawn_blocking(move || {
+        let (mut public, mut admin) = (None, None);
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok).take(100) {
+            let addr = |key: &str| line.split(key).nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+            if line.contains("listening listener=public") {
+                public = addr("addr=");
+            } else if line.contains("admin endpoint listening") {
+                admin = addr("admin=");
+            }
+            if let (Some(p), Some(a)) = (public, admin) {
+                return Some((p, a));
+            }
+        }
+        None
+    });
+    let found = tokio::time::timeout(Duration::from_secs(30), read).await;
+    found.ok().and_then(|r| r.ok().flatten()).expect("the proxy logged its listener and admin addresses")
+}
+
+/// Kills a process (by pid) when dropped, however the test ends.
+pub struct KillOnDrop(pub u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
