@@ -99,6 +99,12 @@ async fn a_backend_removed_by_reload_drains_paced_and_the_others_lose_nothing() 
     for (_, task) in drained {
         results.push(tokio::time::timeout(Duration::from_secs(20), task).await.expect("drained within 20s").unwrap());
     }
+    // The backends that stayed kept their state: their open counts are their live tunnels.
+    let backends = admin_json(proxy.admin, "/api/backends").await;
+    let remaining = backends["pools"][0]["backends"].as_array().unwrap();
+    assert_eq!(remaining.len(), 2);
+    let open: u64 = remaining.iter().map(|b| b["open"].as_u64().unwrap()).sum();
+    assert_eq!(open as usize, 300 - on_a, "open counts carried over the reload");
     stop.store(true, Ordering::Relaxed);
     for (backend, task) in others {
         let c = task.await.unwrap();
@@ -120,8 +126,6 @@ async fn a_backend_removed_by_reload_drains_paced_and_the_others_lose_nothing() 
         offsets.iter().cloned().fold(0.0, f64::max) > 1.0,
         "closes should reach the end of the window: {offsets:?}"
     );
-    let backends = admin_json(proxy.admin, "/api/backends").await;
-    assert_eq!(backends["pools"][0]["backends"].as_array().unwrap().len(), 2);
     assert!(eventually(|| proxy.shared.tunnels.select(|t| *t.backend.addr == bs[0].addr.to_string()).is_empty()).await);
 }
 
@@ -286,4 +290,36 @@ async fn rehome_moves_only_the_tunnels_whose_key_moved() {
     }
     assert!(moved > 5, "about a third of 60 keys move to c: {moved}");
     assert_eq!(report["changes"]["rehomed"], moved);
+}
+
+#[tokio::test]
+async fn a_reload_rebinds_only_the_listener_whose_address_changed() {
+    let bs = backends(&["a"]).await;
+    let two = |second: &str| {
+        config_text(&[bs[0].addr], "")
+            + &format!(
+                "\n[[listeners]]\nname = \"second\"\nbind = \"{second}\"\n\n[[routes]]\nlistener = \"second\"\npool = \"echo\"\n"
+            )
+    };
+    let (proxy, path) = start_proxy_from_file(&two("127.0.0.1:0")).await;
+    let public = proxy.listener("public").unwrap();
+    let old_second = proxy.listener("second").unwrap();
+    let (mut live, _) = ws(public, "/?room=x").await;
+    let (mut on_second, _) = ws(old_second, "/?room=y").await;
+
+    // Move "second" to a new port; "public" stays as it is.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(&path, two(&free.to_string())).unwrap();
+    let (status, report) = admin_post(proxy.admin, "/api/reload").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["changes"]["rebound"], serde_json::json!(["second"]));
+
+    assert_eq!(proxy.shared.listener_addr("public"), Some(public));
+    assert_eq!(proxy.shared.listener_addr("second"), Some(free));
+    let (mut fresh, _) = ws(free, "/?room=z").await;
+    assert_eq!(echo(&mut fresh, Message::text("new port")).await, Message::text("new port"));
+    assert!(eventually(|| std::net::TcpStream::connect(old_second).is_err()).await, "the old port still accepts");
+    // Connections already made, on either listener, carry on.
+    assert_eq!(echo(&mut live, Message::text("a")).await, Message::text("a"));
+    assert_eq!(echo(&mut on_second, Message::text("b")).await, Message::text("b"));
 }

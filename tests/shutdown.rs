@@ -38,6 +38,10 @@ async fn sigterm_drains_every_tunnel_and_exits() {
     let (status, _, _) = common::proxy::get(admin, "/readyz", &[]).await;
     assert_eq!(status, 200);
 
+    // A plain request in flight when the signal comes still gets its answer.
+    let in_flight = tokio::spawn(common::proxy::get(public, "/slow?room=s0&ms=1000", &[]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
     let signalled = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let mut not_ready = false;
@@ -57,6 +61,8 @@ async fn sigterm_drains_every_tunnel_and_exits() {
             other => panic!("tunnel {k}: expected a Close, got {other:?}"),
         }
     }
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"slow"[..]), "the in-flight request was cut");
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
     assert!(signalled.elapsed() < Duration::from_secs(20), "exited only at the deadline");
