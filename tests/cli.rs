@@ -1,5 +1,7 @@
 //! The real `tidegate` binary: `check`, `run` on a bad config, `--version`, and `demo`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -135,4 +137,55 @@ async fn reqwest_free_get(host: &str, path: &str) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_talk_to_a_running_instance() {
+    let backends = [common::backend::TestBackend::start("a").await, common::backend::TestBackend::start("b").await];
+    let text = common::proxy::config_text(
+        &[backends[0].addr, backends[1].addr],
+        "[pools.echo.drain]\ntimeout = \"5s\"\nspread = \"200ms\"\n",
+    );
+    let (proxy, _path) = common::proxy::start_proxy_from_file(&text).await;
+    let admin = proxy.admin.to_string();
+    let a = backends[0].addr.to_string();
+    let mut tunnels = Vec::new();
+    for k in 0..10 {
+        tunnels.push(common::proxy::ws(proxy.listener("public").unwrap(), &format!("/?room=c{k}")).await);
+    }
+    let run = |args: Vec<String>| tokio::task::spawn_blocking(move || tidegate().args(args).output().unwrap());
+
+    let out = run(vec!["status".into(), "--admin".into(), admin.clone()]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("10 open tunnel(s)") && text.contains(&a), "{text}");
+
+    let out = run(vec!["drain".into(), "echo".into(), a.clone(), "--wait".into(), "--admin".into(), admin.clone()])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("is drained"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let on_a = tunnels.iter().filter(|(_, b)| b == "a").count() as u64;
+    assert!(on_a > 0);
+    let out = run(vec!["status".into(), "--json".into(), "--admin".into(), admin.clone()]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["tunnels"], 10 - on_a);
+    assert_eq!(v["backends"][0]["backends"][0]["state"], "draining");
+
+    let out = run(vec!["undrain".into(), "echo".into(), a.clone(), "--admin".into(), admin.clone()]).await.unwrap();
+    assert!(out.status.success());
+    let out = run(vec!["reload".into(), "--admin".into(), admin.clone()]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("reloaded:"));
+
+    // An unknown backend and an unreachable admin endpoint: one sentence, non-zero exit.
+    let out = run(vec!["drain".into(), "echo".into(), "10.1.1.1:1".into(), "--admin".into(), admin]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no backend"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(vec!["status".into(), "--admin".into(), "127.0.0.1:1".into()]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin endpoint"));
 }
