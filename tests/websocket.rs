@@ -5,7 +5,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::backend::{RawEarlyBackend, TestBackend};
-use common::proxy::{addr, echo, next, raw_exchange, start_proxy, ws as open_ws};
+use common::proxy::{addr, echo, eventually, next, raw_exchange, start_proxy, ws as open_ws};
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -299,4 +299,63 @@ HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
     assert!(!body.contains("upgrade"), "the backend saw an upgrade header: {body}");
     assert!(!body.contains("http2-settings"), "the backend saw HTTP2-Settings: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_stream_ends_only_its_own_tunnels() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let backends = three_backends().await;
+    let proxy = start_proxy(&addrs(&backends), "").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for k in 0..45 {
+        let (mut ws, backend) = open_ws(addr(&proxy), &format!("/?room=m{k}")).await;
+        let stop = stop.clone();
+        // Each client streams numbered messages and checks every echo, until
+        // told to stop or its tunnel ends; returns (sent, echoed, ended early).
+        streams.push((
+            backend,
+            tokio::spawn(async move {
+                let (mut sent, mut echoed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) && sent < 5_000 {
+                    let text = format!("m{sent}");
+                    if ws.send(Message::text(text.clone())).await.is_err() {
+                        return (sent, echoed, true);
+                    }
+                    sent += 1;
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        futures_util::StreamExt::next(&mut ws),
+                    )
+                    .await
+                    {
+                        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => echoed += 1,
+                        Ok(Some(Ok(other))) => panic!("wrong echo for {text}: {other:?}"),
+                        Ok(_) => return (sent, echoed, true),
+                        Err(_) => panic!("no echo and no end within 10 s: the tunnel hangs"),
+                    }
+                }
+                (sent, echoed, false)
+            }),
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    backends[0].kill();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ended = 0;
+    for (backend, task) in streams {
+        let (sent, echoed, ended_early) = task.await.unwrap();
+        if backend == "a" {
+            assert!(ended_early, "a tunnel to the killed backend did not end");
+            ended += 1;
+        } else {
+            assert!(!ended_early, "a tunnel on {backend} ended");
+            assert_eq!(sent, echoed, "a tunnel on {backend} lost messages");
+        }
+    }
+    assert!(ended > 0);
+    // Every client has gone: no tunnel is left behind, dead backend or not.
+    assert!(eventually(|| proxy.shared.tunnels.is_empty()).await, "tunnels left: {}", proxy.shared.tunnels.len());
 }
