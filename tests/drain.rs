@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::backend::TestBackend;
-use common::proxy::{Ws, admin_json, admin_post, config_text, echo, eventually, start_proxy_from_file, ws};
+use common::proxy::{
+    Ws, addrs, admin_json, admin_post, backends, config_text, echo, eventually, start_proxy_from_file, ws,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -57,18 +58,6 @@ async fn converse(mut ws: Ws, stop: Arc<AtomicBool>) -> Conversation {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c
-}
-
-async fn backends(names: &[&str]) -> Vec<TestBackend> {
-    let mut out = Vec::new();
-    for n in names {
-        out.push(TestBackend::start(n).await);
-    }
-    out
-}
-
-fn addrs(backends: &[TestBackend]) -> Vec<SocketAddr> {
-    backends.iter().map(|b| b.addr).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,13 +193,7 @@ async fn fragmenting_backend(
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let head = common::proxy::read_head(&mut s).await;
         let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).unwrap().trim().to_string();
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         s.write_all(

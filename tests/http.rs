@@ -7,17 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::backend::TestBackend;
-use common::proxy::{addr, get, start_proxy, ws};
+use common::proxy::{addr, addrs, get, start_proxy, ws};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 async fn three_backends() -> Vec<TestBackend> {
-    vec![TestBackend::start("a").await, TestBackend::start("b").await, TestBackend::start("c").await]
-}
-
-fn addrs(backends: &[TestBackend]) -> Vec<std::net::SocketAddr> {
-    backends.iter().map(|b| b.addr).collect()
+    common::proxy::backends(&["a", "b", "c"]).await
 }
 
 #[tokio::test]

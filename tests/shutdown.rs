@@ -3,31 +3,19 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backend::TestBackend;
-use common::proxy::{KillOnDrop, config_text, next, ws};
+use common::proxy::{config_text, next, run_binary, ws};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn sigterm_drains_every_tunnel_and_exits() {
     let backends = [TestBackend::start("a").await, TestBackend::start("b").await];
     let drain = "[pools.echo.drain]\ntimeout = \"20s\"\nspread = \"500ms\"\n";
-    let text = config_text(&[backends[0].addr, backends[1].addr], drain);
-    let path = std::env::temp_dir().join(format!("tidegate-shutdown-{}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(child.id());
-    let stderr = child.stderr.take().unwrap();
-    // Once the addresses are read the pipe closes: a proxy whose log is gone
-    // must keep serving (and does, in what follows).
-    let (public, admin) = common::proxy::logged_addresses(stderr).await;
+    let mut proxy = run_binary("shutdown", &config_text(&[backends[0].addr, backends[1].addr], drain)).await;
+    let (public, admin) = (proxy.public, proxy.admin);
 
     let mut tunnels = Vec::new();
     for k in 0..20 {
@@ -43,7 +31,7 @@ async fn sigterm_drains_every_tunnel_and_exits() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let signalled = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args(["-TERM", &proxy.child.id().to_string()]).status().unwrap().success());
     let mut not_ready = false;
     for _ in 0..100 {
         let (status, _, _) = common::proxy::get(admin, "/readyz", &[]).await;
@@ -63,7 +51,7 @@ async fn sigterm_drains_every_tunnel_and_exits() {
     }
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!((status, body.as_slice()), (200, &b"slow"[..]), "the in-flight request was cut");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
     assert!(signalled.elapsed() < Duration::from_secs(20), "exited only at the deadline");
     // New clients are refused once the listeners are closed.

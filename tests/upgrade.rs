@@ -4,32 +4,22 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::backend::TestBackend;
-use common::proxy::{KillOnDrop, admin_json, admin_post, config_text, next, raw_exchange, ws};
+use common::proxy::{KillOnDrop, admin_json, admin_post, config_text, next, raw_exchange, run_binary, ws};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_refuses_nothing_and_the_old_process_drains_and_exits() {
     let backend = TestBackend::start("a").await;
     let drain = "[pools.echo.drain]\ntimeout = \"10s\"\nspread = \"300ms\"\n";
-    let path = std::env::temp_dir().join(format!("tidegate-upgrade-{}.toml", std::process::id()));
-    std::fs::write(&path, config_text(&[backend.addr], drain)).unwrap();
-    let mut old = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _old_guard = KillOnDrop(old.id());
-    let stderr = old.stderr.take().unwrap();
-    let (public, admin) = common::proxy::logged_addresses(stderr).await;
+    let mut old = run_binary("upgrade", &config_text(&[backend.addr], drain)).await;
+    let (public, admin) = (old.public, old.admin);
     let old_pid = admin_json(admin, "/api/status").await["pid"].as_u64().unwrap();
-    assert_eq!(old_pid, u64::from(old.id()));
+    assert_eq!(old_pid, u64::from(old.child.id()));
 
     let mut tunnels = Vec::new();
     for k in 0..10 {
@@ -63,7 +53,7 @@ async fn an_upgrade_under_load_refuses_nothing_and_the_old_process_drains_and_ex
     assert_eq!(status, 200, "{answer}");
     let new_pid = answer["new_pid"].as_u64().unwrap() as u32;
     let _new_guard = KillOnDrop(new_pid);
-    assert_ne!(new_pid, old.id());
+    assert_ne!(new_pid, old.child.id());
 
     // The old process's tunnels are told to reconnect, and it exits.
     for mut t in tunnels {
@@ -72,7 +62,7 @@ async fn an_upgrade_under_load_refuses_nothing_and_the_old_process_drains_and_ex
             other => panic!("expected a Close from the old process, got {other:?}"),
         }
     }
-    let exit = tokio::task::spawn_blocking(move || old.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || old.child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "{exit}");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -92,17 +82,8 @@ async fn an_upgrade_under_load_refuses_nothing_and_the_old_process_drains_and_ex
 #[tokio::test]
 async fn an_upgrade_whose_new_binary_fails_changes_nothing() {
     let backend = TestBackend::start("a").await;
-    let path = std::env::temp_dir().join(format!("tidegate-upgrade-bad-{}.toml", std::process::id()));
-    std::fs::write(&path, config_text(&[backend.addr], "")).unwrap();
-    let mut old = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(old.id());
-    let stderr = old.stderr.take().unwrap();
-    let (public, admin) = common::proxy::logged_addresses(stderr).await;
+    let proxy = run_binary("upgrade-bad", &config_text(&[backend.addr], "")).await;
+    let (public, admin, path) = (proxy.public, proxy.admin, proxy.path.clone());
     let (mut live, _) = ws(public, "/?room=x").await;
 
     // The new binary will find a broken config and exit.
@@ -112,9 +93,7 @@ async fn an_upgrade_whose_new_binary_fails_changes_nothing() {
     assert!(answer["error"].as_str().unwrap().contains("exited"), "{answer}");
 
     assert_eq!(common::proxy::echo(&mut live, Message::text("still")).await, Message::text("still"));
-    assert_eq!(admin_json(admin, "/api/status").await["pid"].as_u64(), Some(u64::from(old.id())));
+    assert_eq!(admin_json(admin, "/api/status").await["pid"].as_u64(), Some(u64::from(proxy.child.id())));
     let answer = raw_exchange(public, b"GET /whoami?room=x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let _ = old.kill();
-    let _ = old.wait();
 }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::backend::{RawEarlyBackend, TestBackend};
-use common::proxy::{addr, echo, eventually, next, raw_exchange, start_proxy, ws as open_ws};
+use common::proxy::{addr, addrs, echo, eventually, next, raw_exchange, start_proxy, ws as open_ws};
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,11 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 
 async fn three_backends() -> Vec<TestBackend> {
-    vec![TestBackend::start("a").await, TestBackend::start("b").await, TestBackend::start("c").await]
-}
-
-fn addrs(backends: &[TestBackend]) -> Vec<std::net::SocketAddr> {
-    backends.iter().map(|b| b.addr).collect()
+    common::proxy::backends(&["a", "b", "c"]).await
 }
 
 #[tokio::test]
@@ -246,12 +242,7 @@ async fn a_client_half_close_lets_the_backend_finish_sending() {
     let backend = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
+        common::proxy::read_head(&mut s).await;
         s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
@@ -271,13 +262,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         )
         .await
         .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let head = common::proxy::read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"));
     stream.write_all(b"0123456789").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();

@@ -189,3 +189,57 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+/// Reads an HTTP head (up to the blank line) byte by byte, leaving whatever
+/// follows it unread.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.expect("a complete HTTP head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).expect("an ASCII head")
+}
+
+/// Test backends named `names`, started on 127.0.0.1:0.
+pub async fn backends(names: &[&str]) -> Vec<crate::common::backend::TestBackend> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(crate::common::backend::TestBackend::start(n).await);
+    }
+    out
+}
+
+/// The addresses of `backends`.
+pub fn addrs(backends: &[crate::common::backend::TestBackend]) -> Vec<SocketAddr> {
+    backends.iter().map(|b| b.addr).collect()
+}
+
+/// The real `tidegate run` on a config file, killed when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    /// The config file, which tests may rewrite.
+    pub path: std::path::PathBuf,
+    _guard: KillOnDrop,
+}
+
+/// Starts the binary on `config` (written to a file named after `name`) and
+/// waits until it logged its addresses.
+pub async fn run_binary(name: &str, config: &str) -> Binary {
+    let path = std::env::temp_dir().join(format!("tidegate-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, config).expect("write config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tidegate");
+    let guard = KillOnDrop(child.id());
+    // Once the addresses are read the pipe closes: a proxy whose log is gone
+    // must keep serving.
+    let (public, admin) = logged_addresses(child.stderr.take().expect("piped stderr")).await;
+    Binary { child, public, admin, path, _guard: guard }
+}
