@@ -5,11 +5,12 @@
 //! to send its first request, the header size, keep-alive.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -37,7 +38,8 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one client connection until it closes or becomes a tunnel.
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, watcher: Option<Watcher>) {
+pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
+    let mut closing = ctx.shared.closing.subscribe();
     let _ = stream.set_nodelay(true);
     let limits = &ctx.snapshot.limits;
     // hyper's header timeout starts with the first request line; a client that
@@ -51,13 +53,31 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>, watcher: Option<Watcher
             return;
         }
     }
-    let snapshot = ctx.snapshot.clone();
+    let handshake_timeout = limits.handshake_timeout;
+    let this = ctx.clone();
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    let conn = snapshot.http_server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    // Watched connections are told to finish at shutdown: GOAWAY, keep-alive off.
-    let result = match watcher {
-        Some(w) => w.watch(conn).await,
-        None => conn.await,
+    let conn = this.snapshot.http_server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = crate::server::stopped(&mut closing) => {
+            // At shutdown the connection finishes: GOAWAY, keep-alive off. But
+            // hyper closes a connection that has not started a request yet, and
+            // this one was accepted, so its first request may be on the way:
+            // give it until the handshake timeout to start, so it is answered.
+            let started = async {
+                while !this.served.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = tokio::time::timeout(handshake_timeout, started) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
     };
     if let Err(e) = result {
         debug!(error = %e, "client connection ended with an error");

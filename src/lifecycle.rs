@@ -203,11 +203,10 @@ pub async fn shutdown(shared: &Arc<Shared>) {
         let metrics = &shared.metrics;
         async move { drain::drain_backend(b, tunnels, cfg, metrics).await }
     });
-    let graceful = shared.graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let _ = shared.closing.send(true);
     let http = async {
-        if let Some(g) = graceful {
-            let _ = tokio::time::timeout(longest.max(Duration::from_secs(5)), g.shutdown()).await;
-        }
+        // Client connections finish their requests; bounded like the drains.
+        let _ = tokio::time::timeout(longest.max(Duration::from_secs(5)), shared.closing.closed()).await;
     };
     tokio::join!(futures_util::future::join_all(drains), http);
     info!("shutdown complete");

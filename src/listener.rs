@@ -73,12 +73,12 @@ pub async fn accept_loop(listener: TcpListener, name: Arc<str>, shared: Arc<Shar
             client,
             proto: "http",
             _permit: permit,
+            served: Default::default(),
             open_gauge: open_gauge.clone(),
         });
         open_gauge.inc();
-        let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
         let span = info_span!("conn", client.addr = %client, listener = %name);
-        tokio::spawn(connection::serve(stream, ctx, watcher).instrument(span));
+        tokio::spawn(connection::serve(stream, ctx).instrument(span));
     }
 }
 

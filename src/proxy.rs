@@ -45,6 +45,9 @@ pub struct ConnCtx {
     /// The connection's place under `limits.max_connections`, held by any
     /// tunnel it turns into, so tunnels count against the limit too.
     pub _permit: OwnedSemaphorePermit,
+    /// Set once the connection has started a request: shutdown lets a fresh
+    /// connection's first request start before it asks the connection to end.
+    pub served: std::sync::atomic::AtomicBool,
     /// `tidegate_client_connections_active` of this listener, decremented on drop.
     pub open_gauge: IntGauge,
 }
@@ -81,6 +84,7 @@ impl Exchange {
 
 /// The service of every client connection.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    ctx.served.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let resp = route_and_forward(&ctx, req).await;

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::os::fd::{AsFd, OwnedFd};
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::AbortHandle;
@@ -45,9 +44,11 @@ pub struct Shared {
     pub limit: Arc<Semaphore>,
     /// Drains in progress per backend (pool, address), so `undrain` can stop one.
     pub drains: Mutex<HashMap<(String, String), AbortHandle>>,
-    /// Tells client connections to finish (HTTP/2 GOAWAY, HTTP/1 keep-alive
-    /// off) at shutdown. Tunnels are tracked in `tunnels`, not here.
-    pub graceful: Mutex<Option<GracefulShutdown>>,
+    /// Turns true at shutdown: client connections then finish (HTTP/2
+    /// GOAWAY, HTTP/1 keep-alive off). Each connection holds a receiver, so
+    /// the sender sees when the last one is gone. Tunnels are tracked in
+    /// `tunnels`, not here.
+    pub closing: watch::Sender<bool>,
     /// The admin endpoint's socket, kept for a binary upgrade to hand over.
     pub admin: Mutex<Option<ListenerHandle>>,
     /// Sockets inherited from the process this one replaces, taken by name
@@ -186,7 +187,7 @@ pub async fn start_with(config: Config, opts: StartOptions) -> Result<Running, S
         listeners: Mutex::default(),
         limit: Arc::new(Semaphore::new(config.limits.max_connections)),
         drains: Mutex::default(),
-        graceful: Mutex::new(Some(GracefulShutdown::new())),
+        closing: watch::Sender::new(false),
         admin: Mutex::default(),
         inherited: Mutex::new(opts.inherited),
         exe: opts.exe,
