@@ -130,7 +130,8 @@ async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<
 
 /// `POST /api/pools/{pool}/backends/{addr}/drain` and `.../undrain`.
 fn backend_action(shared: &Arc<Shared>, path: &str) -> Response<Full<Bytes>> {
-    let parts: Vec<&str> = path.trim_start_matches("/api/pools/").split('/').collect();
+    let parts: Vec<String> = path.trim_start_matches("/api/pools/").split('/').map(percent_decode).collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let result = match parts[..] {
         [pool, "backends", addr, "drain"] => lifecycle::drain_backend(shared, pool, addr)
             .map(|n| serde_json::json!({ "pool": pool, "backend": addr, "draining": true, "tunnels": n })),
@@ -148,6 +149,27 @@ fn backend_action(shared: &Arc<Shared>, path: &str) -> Response<Full<Bytes>> {
         Ok(v) => json(&v),
         Err(e) => error(StatusCode::NOT_FOUND, &e),
     }
+}
+
+/// Decodes `%XX` escapes, so an IPv6 backend can be named as `%5B::1%5D:9001`.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An error as JSON: `{"error": "..."}`.
@@ -170,3 +192,14 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 /// The status page: static HTML that refreshes itself from the JSON API.
 const STATUS_PAGE: &str = include_str!("admin_page.html");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backend_addresses_in_paths_may_be_percent_encoded() {
+        assert_eq!(super::percent_decode("%5B%3A%3A1%5D%3A9001"), "[::1]:9001");
+        assert_eq!(super::percent_decode("127.0.0.1:9001"), "127.0.0.1:9001");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("%zz"), "%zz");
+    }
+}

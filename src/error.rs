@@ -72,3 +72,13 @@ pub fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
+
+/// The innermost cause of an error, which names what actually went wrong
+/// ("Connection refused") where the outer ones only say where ("client error").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
+}

@@ -159,7 +159,7 @@ async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, e
         Err(_) => return ex.fail(ctx, pool, Some(idx), ProxyError::Timeout(backend.addr.to_string())),
         Ok(Err(e)) if e.is_connect() => {
             backend.connect_failed();
-            let source = std::io::Error::other(e);
+            let source = std::io::Error::other(crate::error::root_cause(&e));
             return ex.fail(ctx, pool, Some(idx), ProxyError::Connect { backend: backend.addr.to_string(), source });
         }
         Ok(Err(e)) => {
