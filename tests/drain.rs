@@ -108,6 +108,18 @@ async fn a_backend_removed_by_reload_drains_paced_and_the_others_lose_nothing() 
         assert_eq!((*code, reason.as_str()), (1012, "tidegate: please reconnect"));
         offsets.push(at.duration_since(reloaded_at).as_secs_f64());
     }
+    offsets.sort_by(f64::total_cmp);
+    let at = |q: f64| offsets[((offsets.len() - 1) as f64 * q) as usize];
+    let deciles: Vec<usize> = (0..10).map(|d| offsets.iter().filter(|o| (**o * 5.0) as usize == d).count()).collect();
+    eprintln!(
+        "drain figures: {} tunnels drained (1012 each), closes after the reload at min {:.3}s p50 {:.3}s max {:.3}s; \
+         per 0.2 s of the 2 s window: {deciles:?}; {} tunnels on other backends lost 0 messages",
+        offsets.len(),
+        at(0.0),
+        at(0.5),
+        at(1.0),
+        300 - offsets.len()
+    );
     // Spread over the 2 s window, not bunched at its start.
     let first_tenth = offsets.iter().filter(|o| **o < 0.2).count();
     assert!(first_tenth < offsets.len() / 3, "{first_tenth} of {} closes came in the first tenth", offsets.len());
