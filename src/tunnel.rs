@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -110,10 +111,14 @@ pub async fn run(
         (client, backend) => {
             let client = client.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
             let backend = backend.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
-            tokio::select! {
-                r = generic(client, backend, up, down) => r,
-                () = forced(info, Direction::Up) => Err(io::Error::other("drain deadline reached")),
-            }
+            // Boxed: rare (TLS, HTTP/2), and large, which would grow every tunnel's task.
+            Box::pin(async {
+                tokio::select! {
+                    r = generic(client, backend, up, down) => r,
+                    () = forced(info, Direction::Up) => Err(io::Error::other("drain deadline reached")),
+                }
+            })
+            .await
         }
     }
 }
@@ -121,8 +126,8 @@ pub async fn run(
 /// Resolves when a drain forces the tunnel closed.
 async fn forced(info: &TunnelInfo, dir: Direction) {
     std::future::poll_fn(|cx| match info.poll_drain(dir, cx) {
-        std::task::Poll::Ready(DrainRequest::Force) => std::task::Poll::Ready(()),
-        _ => std::task::Poll::Pending,
+        Poll::Ready(DrainRequest::Force) => Poll::Ready(()),
+        _ => Poll::Pending,
     })
     .await
 }
@@ -138,12 +143,14 @@ struct Flow<'a> {
 }
 
 /// What a burst of reads found.
-#[derive(PartialEq)]
 enum Burst {
     /// The socket is empty for now.
     Drained,
     /// The source sent FIN.
     Eof,
+    /// The destination is full: `buf[sent..len]` is still to be written, then
+    /// `buf[..len]` counted.
+    Blocked { buf: PooledBuf, sent: usize, len: usize },
 }
 
 impl<'a> Flow<'a> {
@@ -152,50 +159,83 @@ impl<'a> Flow<'a> {
     }
 
     /// Forwards until FIN (passed on as a half-close) or until a drain asks.
+    ///
+    /// Its state while idle is a few words: what only a busy or draining
+    /// tunnel needs (a full destination, the goodbye) is boxed on the way, so
+    /// the task every idle tunnel keeps stays small.
     async fn run(&mut self, early: Bytes) -> io::Result<()> {
         if !early.is_empty() {
-            self.forward(&early).await?;
+            Box::pin(self.forward(&early)).await?;
         }
         drop(early);
         let request = loop {
-            tokio::select! {
-                biased;
-                request = self.info.drain_requested(self.dir) => break request,
-                ready = read_ready(self.src) => ready?,
+            // The drain first (biased), then the source's readiness.
+            let drain = std::future::poll_fn(|cx| match self.info.poll_drain(self.dir, cx) {
+                Poll::Ready(request) => Poll::Ready(Ok(Some(request))),
+                Poll::Pending => self.src.poll_read_ready(cx).map_ok(|()| None),
+            })
+            .await?;
+            if let Some(request) = drain {
+                break request;
             }
-            if self.burst().await? == Burst::Eof {
-                let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
-                return Ok(());
+            match self.burst()? {
+                Burst::Drained => {}
+                Burst::Eof => {
+                    let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                Burst::Blocked { buf, sent, len } => Box::pin(self.finish(buf, sent, len)).await?,
             }
         };
         match request {
             DrainRequest::Force => Err(io::Error::other("drain deadline reached")),
-            DrainRequest::Close(code) => self.goodbye(code).await,
+            DrainRequest::Close(code) => Box::pin(self.goodbye(code)).await,
         }
     }
 
-    /// Reads until the socket is empty, forwarding everything; holds a buffer
-    /// only while there is something to move.
-    async fn burst(&mut self) -> io::Result<Burst> {
+    /// Reads until the socket is empty, forwarding everything, without
+    /// waiting: stops when the destination is full. Holds a buffer only while
+    /// there is something to move.
+    fn burst(&mut self) -> io::Result<Burst> {
         let mut buf = PooledBuf::take();
         loop {
-            match self.src.try_read(&mut buf) {
+            let len = match self.src.try_read(&mut buf) {
                 Ok(0) => return Ok(Burst::Eof),
-                Ok(n) => {
-                    self.forward(&buf[..n]).await?;
-                    if n < buf.len() {
-                        return Ok(Burst::Drained);
-                    }
-                }
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
                 Err(e) => return Err(e),
+            };
+            let mut sent = 0;
+            while sent < len {
+                match self.dst.try_write(&buf[sent..len]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Blocked { buf, sent, len }),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.count(&buf[..len]);
+            if len < buf.len() {
+                return Ok(Burst::Drained);
             }
         }
+    }
+
+    /// The rest of a burst the destination could not take at once.
+    async fn finish(&mut self, buf: PooledBuf, sent: usize, len: usize) -> io::Result<()> {
+        write_all(self.dst, &buf[sent..len]).await?;
+        self.count(&buf[..len]);
+        Ok(())
     }
 
     /// Writes `data` on and counts it, bytes and frames.
     async fn forward(&mut self, data: &[u8]) -> io::Result<()> {
         write_all(self.dst, data).await?;
+        self.count(data);
+        Ok(())
+    }
+
+    /// Counts `data`, forwarded: bytes and frames.
+    fn count(&mut self, data: &[u8]) {
         self.counters.tunnel.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.counters.bytes.inc_by(data.len() as u64);
         let messages = self.frames.messages();
@@ -203,7 +243,6 @@ impl<'a> Flow<'a> {
         if self.frames.messages() != messages {
             self.counters.messages.inc_by(self.frames.messages() - messages);
         }
-        Ok(())
     }
 
     /// The drain of one direction: forward up to the next frame boundary, send
