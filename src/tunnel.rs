@@ -14,6 +14,7 @@
 //! When to drain is `drain`'s business; this module only carries it out.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,41 +86,73 @@ pub struct Counters<'a> {
     pub tunnel: &'a AtomicU64,
     pub bytes: IntCounter,
     pub messages: IntCounter,
-    /// Where Close frames tidegate sends in this direction are counted: the
-    /// metric, with the pool and the peer ("client" or "backend") that gets them.
-    pub closes: (&'a IntCounterVec, &'a str, &'static str),
+    /// Where Close frames tidegate sends in this direction are counted (by
+    /// the tunnel's pool, the peer that gets them and their code).
+    pub closes: &'a IntCounterVec,
 }
 
 /// Splices `client` and `backend` until both directions ended, one failed,
 /// or a drain finished with them.
-pub async fn run(
+///
+/// Not an `async fn`: the transports are sorted out here, so that the future
+/// every tunnel keeps for its whole life holds the two sockets and little else.
+pub fn run<'a>(
     client: Upgraded,
     backend: Upgraded,
-    info: &TunnelInfo,
-    up: Counters<'_>,
-    down: Counters<'_>,
-) -> io::Result<()> {
+    info: &'a TunnelInfo,
+    up: Counters<'a>,
+    down: Counters<'a>,
+) -> impl Future<Output = io::Result<()>> + Send + 'a {
     let client = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client)
         .map(|parts| (parts.io.into_inner(), parts.read_buf));
     let backend = backend.downcast::<TokioIo<TcpStream>>().map(|parts| (parts.io.into_inner(), parts.read_buf));
     match (client, backend) {
         (Ok((c, c_early)), Ok((b, b_early))) => {
-            let mut upstream = Flow::new(&c, &b, Direction::Up, info, up);
-            let mut downstream = Flow::new(&b, &c, Direction::Down, info, down);
-            tokio::try_join!(upstream.run(c_early), downstream.run(b_early)).map(|_| ())
+            futures_util::future::Either::Left(tcp(c, b, [c_early, b_early], info, up, down))
         }
         (client, backend) => {
             let client = client.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
             let backend = backend.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
             // Boxed: rare (TLS, HTTP/2), and large, which would grow every tunnel's task.
-            Box::pin(async {
+            futures_util::future::Either::Right(Box::pin(async move {
                 tokio::select! {
                     r = generic(client, backend, up, down) => r,
                     () = forced(info, Direction::Up) => Err(io::Error::other("drain deadline reached")),
                 }
-            })
-            .await
+            }))
         }
+    }
+}
+
+/// The tunnel between two TCP sockets; `early` holds what hyper had already
+/// read from each (client, backend).
+///
+/// An `async move` block rather than an `async fn`, whose arguments would be
+/// stored twice in the future; the sockets and each direction's state are
+/// kept once, and only borrowed.
+fn tcp<'a>(
+    c: TcpStream,
+    b: TcpStream,
+    early: [Bytes; 2],
+    info: &'a TunnelInfo,
+    up: Counters<'a>,
+    down: Counters<'a>,
+) -> impl Future<Output = io::Result<()>> + Send + 'a {
+    let early = early.iter().any(|e| !e.is_empty()).then(|| Box::new(early));
+    let mut halves = [Half::new(Direction::Up, up), Half::new(Direction::Down, down)];
+    async move {
+        let [up, down] = &mut halves;
+        let mut upstream = Flow { src: &c, dst: &b, info, half: up };
+        let mut downstream = Flow { src: &b, dst: &c, info, half: down };
+        if let Some(early) = early {
+            // A few bytes at most, into empty socket buffers.
+            Box::pin(async {
+                upstream.forward(&early[0]).await?;
+                downstream.forward(&early[1]).await
+            })
+            .await?;
+        }
+        tokio::try_join!(upstream.run(), downstream.run()).map(|_| ())
     }
 }
 
@@ -132,14 +165,25 @@ async fn forced(info: &TunnelInfo, dir: Direction) {
     .await
 }
 
-/// One direction of a TCP tunnel.
-struct Flow<'a> {
-    src: &'a TcpStream,
-    dst: &'a TcpStream,
+/// What one direction of a TCP tunnel owns.
+struct Half<'a> {
     dir: Direction,
-    info: &'a TunnelInfo,
     counters: Counters<'a>,
     frames: FrameTracker,
+}
+
+impl<'a> Half<'a> {
+    fn new(dir: Direction, counters: Counters<'a>) -> Self {
+        Half { dir, counters, frames: FrameTracker::new() }
+    }
+}
+
+/// One direction of a TCP tunnel: its state and the sockets it moves between.
+struct Flow<'s, 'h, 'a> {
+    src: &'s TcpStream,
+    dst: &'s TcpStream,
+    info: &'a TunnelInfo,
+    half: &'h mut Half<'a>,
 }
 
 /// What a burst of reads found.
@@ -153,24 +197,16 @@ enum Burst {
     Blocked { buf: PooledBuf, sent: usize, len: usize },
 }
 
-impl<'a> Flow<'a> {
-    fn new(src: &'a TcpStream, dst: &'a TcpStream, dir: Direction, info: &'a TunnelInfo, c: Counters<'a>) -> Self {
-        Flow { src, dst, dir, info, counters: c, frames: FrameTracker::new() }
-    }
-
+impl Flow<'_, '_, '_> {
     /// Forwards until FIN (passed on as a half-close) or until a drain asks.
     ///
     /// Its state while idle is a few words: what only a busy or draining
     /// tunnel needs (a full destination, the goodbye) is boxed on the way, so
     /// the task every idle tunnel keeps stays small.
-    async fn run(&mut self, early: Bytes) -> io::Result<()> {
-        if !early.is_empty() {
-            Box::pin(self.forward(&early)).await?;
-        }
-        drop(early);
+    async fn run(&mut self) -> io::Result<()> {
         let request = loop {
             // The drain first (biased), then the source's readiness.
-            let drain = std::future::poll_fn(|cx| match self.info.poll_drain(self.dir, cx) {
+            let drain = std::future::poll_fn(|cx| match self.info.poll_drain(self.half.dir, cx) {
                 Poll::Ready(request) => Poll::Ready(Ok(Some(request))),
                 Poll::Pending => self.src.poll_read_ready(cx).map_ok(|()| None),
             })
@@ -236,12 +272,12 @@ impl<'a> Flow<'a> {
 
     /// Counts `data`, forwarded: bytes and frames.
     fn count(&mut self, data: &[u8]) {
-        self.counters.tunnel.fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.counters.bytes.inc_by(data.len() as u64);
-        let messages = self.frames.messages();
-        self.frames.feed(data);
-        if self.frames.messages() != messages {
-            self.counters.messages.inc_by(self.frames.messages() - messages);
+        self.half.counters.tunnel.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.half.counters.bytes.inc_by(data.len() as u64);
+        let messages = self.half.frames.messages();
+        self.half.frames.feed(data);
+        if self.half.frames.messages() != messages {
+            self.half.counters.messages.inc_by(self.half.frames.messages() - messages);
         }
     }
 
@@ -252,21 +288,25 @@ impl<'a> Flow<'a> {
     async fn goodbye(&mut self, code: u16) -> io::Result<()> {
         let leftover = tokio::select! {
             biased;
-            () = forced(self.info, self.dir) => return Err(io::Error::other("drain deadline reached")),
+            () = forced(self.info, self.half.dir) => return Err(io::Error::other("drain deadline reached")),
             leftover = self.reach_boundary() => leftover?,
         };
         let Some(leftover) = leftover else {
             return Ok(()); // the source ended first
         };
-        write_all(self.dst, &close_frame(code, self.dir, self.info.id)).await?;
-        let (closes, pool, peer) = self.counters.closes;
-        closes.with_label_values(&[pool, peer, &code.to_string()]).inc();
+        write_all(self.dst, &close_frame(code, self.half.dir, self.info.id)).await?;
+        let peer = match self.half.dir {
+            Direction::Up => "backend",
+            Direction::Down => "client",
+        };
+        let pool = &*self.info.backend.pool;
+        self.half.counters.closes.with_label_values(&[pool, peer, &code.to_string()]).inc();
         let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
-        self.frames.feed(&leftover);
-        debug!(dir = ?self.dir, code, "sent Close");
+        self.half.frames.feed(&leftover);
+        debug!(tunnel = self.info.id, dir = ?self.half.dir, code, "sent Close");
         tokio::select! {
             biased;
-            () = forced(self.info, self.dir) => {}
+            () = forced(self.info, self.half.dir) => {}
             () = tokio::time::sleep(CLOSE_WAIT) => {}
             r = self.discard_until_eof() => r?,
         }
@@ -279,7 +319,7 @@ impl<'a> Flow<'a> {
     /// it is forwarded as is until the drain's deadline.
     async fn reach_boundary(&mut self) -> io::Result<Option<Vec<u8>>> {
         loop {
-            if self.frames.at_boundary() {
+            if self.half.frames.at_boundary() {
                 return Ok(Some(Vec::new()));
             }
             read_ready(self.src).await?;
@@ -290,7 +330,7 @@ impl<'a> Flow<'a> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            match self.frames.next_boundary(&buf[..n]) {
+            match self.half.frames.next_boundary(&buf[..n]) {
                 Some(k) => {
                     self.forward(&buf[..k]).await?;
                     return Ok(Some(buf[k..n].to_vec()));
@@ -308,7 +348,7 @@ impl<'a> Flow<'a> {
             let mut buf = PooledBuf::take();
             match self.src.try_read(&mut buf) {
                 Ok(0) => return Ok(()),
-                Ok(n) => self.frames.feed(&buf[..n]),
+                Ok(n) => self.half.frames.feed(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }

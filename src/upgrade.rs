@@ -19,7 +19,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{debug, info};
 
 use crate::error::ProxyError;
 use crate::proxy::{ConnCtx, Exchange, ProxyBody, Tracked};
@@ -160,8 +160,10 @@ pub async fn proxy(
     *to_client.headers_mut() = std::mem::take(resp.headers_mut());
 
     let guard = ctx.shared.tunnels.open(ctx.client, ctx.listener.clone(), backend, &ex.key, ex.key_hash);
-    let span = info_span!("tunnel", id = guard.info.id, pool = %pool.name, backend = %guard.info.backend.addr);
-    tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, on_backend_upgrade).instrument(span));
+    // No span of its own (nor the connection's, which would then live as its
+    // parent): an idle tunnel's memory is what a WebSocket proxy is judged
+    // by, and a span costs hundreds of bytes. Its events name it instead.
+    tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, on_backend_upgrade));
     to_client
 }
 
@@ -180,32 +182,38 @@ async fn run_tunnel(
     let (client, backend) = match tokio::join!(on_client, on_backend) {
         (Ok(c), Ok(b)) => (c, b),
         (c, b) => {
-            debug!(client = ?c.err(), backend = ?b.err(), "upgrade did not complete");
+            debug!(tunnel = info.id, client = ?c.err(), backend = ?b.err(), "upgrade did not complete");
             active.dec();
             return;
         }
     };
-    let counters = |tunnel, direction, peer| Counters {
+    let counters = |tunnel, direction| Counters {
         tunnel,
         bytes: m.bytes_total.with_label_values(&[pool, addr, direction]),
         messages: m.websocket_messages_total.with_label_values(&[pool, addr, direction]),
-        closes: (&m.close_frames_sent, pool, peer),
+        closes: &m.close_frames_sent,
     };
-    let up = counters(&info.bytes_up, "upstream", "backend");
-    let down = counters(&info.bytes_down, "downstream", "client");
-    let splice = tunnel::run(client, backend, info, up, down);
-    let result = match ctx.snapshot.limits.idle_timeout {
-        None => splice.await,
-        Some(idle) => tokio::select! {
-            r = splice => r,
-            () = idle_watch(info, idle) => Err(std::io::ErrorKind::TimedOut.into()),
-        },
+    let up = counters(&info.bytes_up, "upstream");
+    let down = counters(&info.bytes_down, "downstream");
+    // The idle watch (a timer) is boxed, and only when configured: every
+    // tunnel's task would otherwise carry it.
+    let mut idle = ctx.snapshot.limits.idle_timeout.map(|idle| Box::pin(idle_watch(info, idle)));
+    let result = tokio::select! {
+        r = tunnel::run(client, backend, info, up, down) => r,
+        () = std::future::poll_fn(|cx| idle.as_mut().map_or(std::task::Poll::Pending, |w| w.as_mut().poll(cx))) => {
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
     };
+    drop(idle);
     active.dec();
     let age = info.opened.elapsed();
     m.connection_duration.with_label_values(&[pool, "websocket"]).observe(age.as_secs_f64());
     info!(
         target: "tidegate::access",
+        tunnel = info.id,
+        listener = %ctx.listener,
+        pool,
+        backend = addr,
         client = %ctx.client,
         key = %info.key,
         bytes_up = info.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
