@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -152,7 +152,70 @@ fn tcp<'a>(
             })
             .await?;
         }
-        tokio::try_join!(upstream.run(), downstream.run()).map(|_| ())
+        // Both directions in one hand-written poll: while idle the state is
+        // the two flows and nothing else (no future per direction).
+        let mut dirs = [Dir::Forward(upstream, None), Dir::Forward(downstream, None)];
+        std::future::poll_fn(|cx| {
+            let mut done = true;
+            for dir in &mut dirs {
+                match dir.poll(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending => done = false,
+                }
+            }
+            if done { Poll::Ready(Ok(())) } else { Poll::Pending }
+        })
+        .await
+    }
+}
+
+/// What one direction of a TCP tunnel is doing.
+enum Dir<'f, 'h, 'a> {
+    /// Forwarding, with the part of a burst the destination could not take yet.
+    Forward(Flow<'f, 'h, 'a>, Option<Pending>),
+    /// Saying goodbye for a drain (rare: boxed).
+    Goodbye(BoxedIo<'f>),
+    Done,
+}
+
+/// A burst the destination could not take at once: `buf[sent..len]` is still
+/// to be written, then `buf[..len]` counted.
+struct Pending {
+    buf: PooledBuf,
+    sent: usize,
+    len: usize,
+}
+
+/// A boxed future of the tunnel's rare paths.
+type BoxedIo<'f> = std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'f>>;
+
+impl<'f, 'h: 'f, 'a: 'h> Dir<'f, 'h, 'a> {
+    /// Moves bytes until this direction is done (FIN passed on, goodbye said)
+    /// or fails; a forced drain is a failure, which ends the tunnel.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self {
+                Dir::Forward(flow, pending) => match std::task::ready!(flow.poll_forward(pending, cx))? {
+                    None => {
+                        let _ = socket2::SockRef::from(flow.dst).shutdown(Shutdown::Write);
+                        *self = Dir::Done;
+                    }
+                    Some(DrainRequest::Force) => return Poll::Ready(Err(io::Error::other("drain deadline reached"))),
+                    Some(DrainRequest::Close(code)) => {
+                        if let Dir::Forward(mut flow, _) = std::mem::replace(self, Dir::Done) {
+                            *self = Dir::Goodbye(Box::pin(async move { flow.goodbye(code).await }));
+                        }
+                    }
+                },
+                Dir::Goodbye(f) => {
+                    let r = std::task::ready!(f.as_mut().poll(cx));
+                    *self = Dir::Done;
+                    return Poll::Ready(r);
+                }
+                Dir::Done => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -186,81 +249,60 @@ struct Flow<'s, 'h, 'a> {
     half: &'h mut Half<'a>,
 }
 
-/// What a burst of reads found.
-enum Burst {
-    /// The socket is empty for now.
-    Drained,
-    /// The source sent FIN.
-    Eof,
-    /// The destination is full: `buf[sent..len]` is still to be written, then
-    /// `buf[..len]` counted.
-    Blocked { buf: PooledBuf, sent: usize, len: usize },
-}
-
 impl Flow<'_, '_, '_> {
-    /// Forwards until FIN (passed on as a half-close) or until a drain asks.
-    ///
-    /// Its state while idle is a few words: what only a busy or draining
-    /// tunnel needs (a full destination, the goodbye) is boxed on the way, so
-    /// the task every idle tunnel keeps stays small.
-    async fn run(&mut self) -> io::Result<()> {
-        let request = loop {
-            // The drain first (biased), then the source's readiness.
-            let drain = std::future::poll_fn(|cx| match self.info.poll_drain(self.half.dir, cx) {
-                Poll::Ready(request) => Poll::Ready(Ok(Some(request))),
-                Poll::Pending => self.src.poll_read_ready(cx).map_ok(|()| None),
-            })
-            .await?;
-            if let Some(request) = drain {
-                break request;
-            }
-            match self.burst()? {
-                Burst::Drained => {}
-                Burst::Eof => {
-                    let _ = socket2::SockRef::from(self.dst).shutdown(Shutdown::Write);
-                    return Ok(());
-                }
-                Burst::Blocked { buf, sent, len } => Box::pin(self.finish(buf, sent, len)).await?,
-            }
-        };
-        match request {
-            DrainRequest::Force => Err(io::Error::other("drain deadline reached")),
-            DrainRequest::Close(code) => Box::pin(self.goodbye(code)).await,
-        }
-    }
-
-    /// Reads until the socket is empty, forwarding everything, without
-    /// waiting: stops when the destination is full. Holds a buffer only while
+    /// Forwards until FIN (`None`) or a drain request, checked first, between
+    /// bursts (never while a burst is half written). Holds a buffer only while
     /// there is something to move.
-    fn burst(&mut self) -> io::Result<Burst> {
-        let mut buf = PooledBuf::take();
+    fn poll_forward(
+        &mut self,
+        pending: &mut Option<Pending>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<DrainRequest>>> {
         loop {
-            let len = match self.src.try_read(&mut buf) {
-                Ok(0) => return Ok(Burst::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
-                Err(e) => return Err(e),
-            };
-            let mut sent = 0;
-            while sent < len {
-                match self.dst.try_write(&buf[sent..len]) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Blocked { buf, sent, len }),
-                    Err(e) => return Err(e),
+            if let Some(p) = pending {
+                std::task::ready!(self.dst.poll_write_ready(cx))?;
+                match self.dst.try_write(&p.buf[p.sent..p.len]) {
+                    Ok(n) => p.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                if p.sent < p.len {
+                    continue;
+                }
+                if let Some(p) = pending.take() {
+                    self.count(&p.buf[..p.len]);
                 }
             }
-            self.count(&buf[..len]);
-            if len < buf.len() {
-                return Ok(Burst::Drained);
+            if let Poll::Ready(request) = self.info.poll_drain(self.half.dir, cx) {
+                return Poll::Ready(Ok(Some(request)));
+            }
+            std::task::ready!(self.src.poll_read_ready(cx))?;
+            let mut buf = PooledBuf::take();
+            loop {
+                let len = match self.src.try_read(&mut buf) {
+                    Ok(0) => return Poll::Ready(Ok(None)),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let mut sent = 0;
+                while sent < len {
+                    match self.dst.try_write(&buf[sent..len]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                if sent < len {
+                    *pending = Some(Pending { buf, sent, len });
+                    break;
+                }
+                self.count(&buf[..len]);
+                if len < buf.len() {
+                    break;
+                }
             }
         }
-    }
-
-    /// The rest of a burst the destination could not take at once.
-    async fn finish(&mut self, buf: PooledBuf, sent: usize, len: usize) -> io::Result<()> {
-        write_all(self.dst, &buf[sent..len]).await?;
-        self.count(&buf[..len]);
-        Ok(())
     }
 
     /// Writes `data` on and counts it, bytes and frames.

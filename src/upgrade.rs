@@ -7,7 +7,9 @@
 //! anything else (h2c, ...) is forwarded as a plain request with its
 //! hop-by-hop headers removed.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -168,60 +170,77 @@ pub async fn proxy(
 }
 
 /// Waits for both upgrades, then splices until the tunnel ends (or idles out).
-async fn run_tunnel(
+///
+/// Every open tunnel keeps this future, so it is kept small: an `async move`
+/// block (an `async fn` stores its arguments twice), the handshake's leftovers
+/// scoped so that they are gone before the long wait, the idle timer boxed.
+fn run_tunnel(
     ctx: Arc<ConnCtx>,
     guard: crate::tunnels::TunnelGuard,
     on_client: OnUpgrade,
     on_backend: OnUpgrade,
-) {
-    let info = &guard.info;
-    let (pool, addr) = (&*info.backend.pool, &*info.backend.addr);
-    let m = &ctx.shared.metrics;
-    let active = m.connections_active.with_label_values(&[&*ctx.listener, pool, addr, "websocket"]);
-    active.inc();
-    let (client, backend) = match tokio::join!(on_client, on_backend) {
-        (Ok(c), Ok(b)) => (c, b),
-        (c, b) => {
-            debug!(tunnel = info.id, client = ?c.err(), backend = ?b.err(), "upgrade did not complete");
-            active.dec();
-            return;
-        }
-    };
-    let counters = |tunnel, direction| Counters {
-        tunnel,
-        bytes: m.bytes_total.with_label_values(&[pool, addr, direction]),
-        messages: m.websocket_messages_total.with_label_values(&[pool, addr, direction]),
-        closes: &m.close_frames_sent,
-    };
-    let up = counters(&info.bytes_up, "upstream");
-    let down = counters(&info.bytes_down, "downstream");
-    // The idle watch (a timer) is boxed, and only when configured: every
-    // tunnel's task would otherwise carry it.
-    let mut idle = ctx.snapshot.limits.idle_timeout.map(|idle| Box::pin(idle_watch(info, idle)));
-    let result = tokio::select! {
-        r = tunnel::run(client, backend, info, up, down) => r,
-        () = std::future::poll_fn(|cx| idle.as_mut().map_or(std::task::Poll::Pending, |w| w.as_mut().poll(cx))) => {
-            Err(std::io::ErrorKind::TimedOut.into())
-        }
-    };
-    drop(idle);
-    active.dec();
-    let age = info.opened.elapsed();
-    m.connection_duration.with_label_values(&[pool, "websocket"]).observe(age.as_secs_f64());
-    info!(
-        target: "tidegate::access",
-        tunnel = info.id,
-        listener = %ctx.listener,
-        pool,
-        backend = addr,
-        client = %ctx.client,
-        key = %info.key,
-        bytes_up = info.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
-        bytes_down = info.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
-        seconds = age.as_secs_f64(),
-        result = %result.as_ref().map_or_else(|e| e.to_string(), |_| "closed".into()),
-        "tunnel closed"
-    );
+) -> impl Future<Output = ()> + Send {
+    let idle_timeout = ctx.snapshot.limits.idle_timeout;
+    async move {
+        let info = &guard.info;
+        let (pool, addr) = (&*info.backend.pool, &*info.backend.addr);
+        let m = &ctx.shared.metrics;
+        let active = m.connections_active.with_label_values(&[&*ctx.listener, pool, addr, "websocket"]);
+        active.inc();
+        let splice = {
+            let (client, backend) = match Box::pin(async { tokio::join!(on_client, on_backend) }).await {
+                (Ok(c), Ok(b)) => (c, b),
+                (c, b) => {
+                    debug!(tunnel = info.id, client = ?c.err(), backend = ?b.err(), "upgrade did not complete");
+                    active.dec();
+                    return;
+                }
+            };
+            let counters = |tunnel, direction| Counters {
+                tunnel,
+                bytes: m.bytes_total.with_label_values(&[pool, addr, direction]),
+                messages: m.websocket_messages_total.with_label_values(&[pool, addr, direction]),
+                closes: &m.close_frames_sent,
+            };
+            tunnel::run(
+                client,
+                backend,
+                info,
+                counters(&info.bytes_up, "upstream"),
+                counters(&info.bytes_down, "downstream"),
+            )
+        };
+        let mut splice = std::pin::pin!(splice);
+        let mut idle = idle_timeout.map(|idle| Box::pin(idle_watch(info, idle)));
+        let result = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = splice.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            match idle.as_mut().map(|w| w.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        drop(idle);
+        active.dec();
+        let age = info.opened.elapsed();
+        m.connection_duration.with_label_values(&[pool, "websocket"]).observe(age.as_secs_f64());
+        info!(
+            target: "tidegate::access",
+            tunnel = info.id,
+            listener = %ctx.listener,
+            pool,
+            backend = addr,
+            client = %ctx.client,
+            key = %info.key,
+            bytes_up = info.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_down = info.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
+            seconds = age.as_secs_f64(),
+            result = %result.as_ref().map_or_else(|e| e.to_string(), |_| "closed".into()),
+            "tunnel closed"
+        );
+    }
 }
 
 /// Resolves once a whole `idle` period passes with no byte moving either way.
