@@ -62,6 +62,15 @@ fn spawn_drain(shared: &Arc<Shared>, backend: Arc<Backend>, tunnels: Vec<Arc<Tun
     }
 }
 
+/// Groups tunnels by their backend: a drain paces one backend's tunnels.
+fn by_backend(tunnels: Vec<Arc<TunnelInfo>>) -> Vec<(Arc<Backend>, Vec<Arc<TunnelInfo>>)> {
+    let mut groups: HashMap<*const Backend, (Arc<Backend>, Vec<Arc<TunnelInfo>>)> = HashMap::new();
+    for t in tunnels {
+        groups.entry(Arc::as_ptr(&t.backend)).or_insert_with(|| (t.backend.clone(), Vec::new())).1.push(t);
+    }
+    groups.into_values().collect()
+}
+
 fn tunnels_of(shared: &Shared, backend: &Arc<Backend>) -> Vec<Arc<TunnelInfo>> {
     shared.tunnels.select(|t| Arc::ptr_eq(&t.backend, backend))
 }
@@ -170,11 +179,7 @@ pub fn apply(shared: &Arc<Shared>, config: &config::Config) -> Result<ReloadRepo
                 && pool.pick(t.key_hash, &[]).is_some_and(|i| joined.contains(&i))
         });
         report.rehomed += moving.len();
-        let mut by_backend: HashMap<*const Backend, (Arc<Backend>, Vec<Arc<TunnelInfo>>)> = HashMap::new();
-        for t in moving {
-            by_backend.entry(Arc::as_ptr(&t.backend)).or_insert_with(|| (t.backend.clone(), Vec::new())).1.push(t);
-        }
-        for (backend, tunnels) in by_backend.into_values() {
+        for (backend, tunnels) in by_backend(moving) {
             spawn_drain(shared, backend, tunnels, pool.drain);
         }
     }
@@ -191,14 +196,11 @@ pub async fn shutdown(shared: &Arc<Shared>) {
         l.stop();
     }
     let snapshot = shared.snapshot.load_full();
-    let mut groups: HashMap<*const Backend, (Arc<Backend>, Vec<Arc<TunnelInfo>>)> = HashMap::new();
-    for t in shared.tunnels.select(|_| true) {
-        groups.entry(Arc::as_ptr(&t.backend)).or_insert_with(|| (t.backend.clone(), Vec::new())).1.push(t);
-    }
+    let groups = by_backend(shared.tunnels.select(|_| true));
     let drain_of = |b: &Backend| snapshot.pools.iter().find(|p| p.name == b.pool).map(|p| p.drain).unwrap_or_default();
-    let longest = groups.values().map(|(b, _)| drain_of(b).timeout).max().unwrap_or(Duration::ZERO);
+    let longest = groups.iter().map(|(b, _)| drain_of(b).timeout).max().unwrap_or(Duration::ZERO);
     info!(tunnels = shared.tunnels.len(), "shutting down: draining");
-    let drains = groups.into_values().map(|(b, tunnels)| {
+    let drains = groups.into_iter().map(|(b, tunnels)| {
         let cfg = drain_of(&b);
         let metrics = &shared.metrics;
         async move { drain::drain_backend(b, tunnels, cfg, metrics).await }

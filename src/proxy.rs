@@ -62,6 +62,8 @@ impl Drop for ConnCtx {
 pub struct Exchange {
     pub key: Vec<u8>,
     pub key_hash: u64,
+    /// "websocket" or "http": the `kind` label of the exchange's metrics.
+    pub kind: &'static str,
 }
 
 impl Exchange {
@@ -77,7 +79,7 @@ impl Exchange {
         let addr = backend.map_or("", |i| &*pool.backends[i].addr);
         debug!(pool = %pool.name, backend = addr, error = %err, "exchange failed");
         let resp = err.to_response();
-        self.record(ctx, pool, addr, "http", err.outcome(), resp.status());
+        self.record(ctx, pool, addr, self.kind, err.outcome(), resp.status());
         resp
     }
 }
@@ -112,9 +114,10 @@ async fn route_and_forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Respon
         .or_else(|| route::extract_key(&pool.fallback_key, &parts, ip))
         .map(|k| k.into_owned())
         .unwrap_or_default();
-    let ex = Exchange { key_hash: hash_key(&key), key };
+    let kind = upgrade::classify(&parts);
+    let ex = Exchange { key_hash: hash_key(&key), key, kind: if kind == Kind::Plain { "http" } else { "websocket" } };
 
-    match upgrade::classify(&parts) {
+    match kind {
         Kind::WebSocket => upgrade::proxy(ctx.clone(), Request::from_parts(parts, body), pool, ex).await,
         Kind::Invalid(reason) => ex.fail(ctx, &pool, None, ProxyError::BadHandshake(reason)),
         Kind::Plain => forward(ctx, Request::from_parts(parts, body), &pool, ex).await,
@@ -169,7 +172,7 @@ async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, e
         Ok(Ok(resp)) => resp,
     };
     backend.connect_succeeded();
-    ex.record(ctx, pool, &backend.addr, "http", "ok", resp.status());
+    ex.record(ctx, pool, &backend.addr, ex.kind, "ok", resp.status());
     upstream::strip_hop_by_hop(resp.headers_mut());
     let bytes = m.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
     resp.map(|body| Either::Left(Tracked { inner: body, bytes, _in_flight: Some(in_flight) }))

@@ -209,11 +209,8 @@ impl Tunnels {
 
     /// A copy of the list, newest first, at most `limit` entries.
     pub fn list(&self, limit: usize) -> Vec<TunnelView> {
-        let mut infos: Vec<Arc<TunnelInfo>> = match self.open.lock() {
-            Ok(open) => open.values().cloned().collect(),
-            Err(_) => Vec::new(),
-        };
-        infos.sort_unstable_by_key(|t| std::cmp::Reverse(t.id));
+        let mut infos = self.select(|_| true);
+        infos.reverse();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         infos
             .iter()

@@ -149,14 +149,14 @@ pub async fn proxy(
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused the upgrade: relay its answer as a plain response.
-        ex.record(&ctx, &pool, &backend.addr, "websocket", "refused", resp.status());
+        ex.record(&ctx, &pool, &backend.addr, ex.kind, "refused", resp.status());
         upstream::strip_hop_by_hop(resp.headers_mut());
         let bytes = ctx.shared.metrics.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
         return resp.map(|body| Either::Left(Tracked::counted(body, bytes)));
     }
 
     let on_backend_upgrade = hyper::upgrade::on(&mut resp);
-    ex.record(&ctx, &pool, &backend.addr, "websocket", "ok", resp.status());
+    ex.record(&ctx, &pool, &backend.addr, ex.kind, "ok", resp.status());
     let mut to_client = Response::new(Either::Right(Default::default()));
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *to_client.headers_mut() = std::mem::take(resp.headers_mut());

@@ -172,6 +172,15 @@ async fn a_pool_with_no_reachable_backend_answers_502() {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 502),
         other => panic!("expected a 502, got {other:?}"),
     }
+    // The failed handshake is counted as a WebSocket exchange.
+    let (_, _, metrics) = common::proxy::get(proxy.admin, "/metrics", &[]).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tidegate_connections_total")
+            && l.contains("kind=\"websocket\"")
+            && l.contains("outcome=\"connect_error\"")),
+        "{metrics}"
+    );
     // Now the backend is known down: the next one is refused without dialing, 503.
     let (status, headers, _) = common::proxy::get(addr(&proxy), "/whoami?room=x", &[]).await;
     assert_eq!(status, 503);
