@@ -5,7 +5,12 @@
 //! Per-backend gauges (`backend_up`, `backend_draining`) are derived from the
 //! current snapshot at scrape time rather than kept in sync by hand.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::snapshot::Snapshot;
 
@@ -123,6 +128,18 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with per-backend gauges refreshed from `snapshot`.
+    /// The handles of plain requests through `listener` to one backend.
+    fn plain_handles(&self, listener: &Arc<str>, pool: &str, backend: &str) -> PlainHandles {
+        PlainHandles {
+            listener: listener.clone(),
+            active: self.connections_active.with_label_values(&[listener, pool, backend, "http"]),
+            ok: self.connections_total.with_label_values(&[listener, pool, backend, "http", "ok"]),
+            status_200: self.requests_total.with_label_values(&[pool, backend, "200"]),
+            bytes_down: self.bytes_total.with_label_values(&[pool, backend, "downstream"]),
+            duration: self.connection_duration.with_label_values(&[pool, "http"]),
+        }
+    }
+
     pub fn render(&self, snapshot: &Snapshot) -> String {
         self.backend_up.reset();
         self.backend_draining.reset();
@@ -145,5 +162,45 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One backend's metric handles for plain requests through one listener:
+/// the common case of a request, counted without a label lookup (which
+/// hashes the labels and takes a lock, five times per request).
+pub struct PlainHandles {
+    listener: Arc<str>,
+    /// `tidegate_connections_active{kind="http"}`.
+    pub active: IntGauge,
+    /// `tidegate_connections_total{kind="http",outcome="ok"}`.
+    pub ok: IntCounter,
+    /// `tidegate_requests_total{status="200"}`.
+    pub status_200: IntCounter,
+    /// `tidegate_bytes_total{direction="downstream"}`.
+    pub bytes_down: IntCounter,
+    /// `tidegate_connection_duration_seconds{kind="http"}`.
+    pub duration: Histogram,
+}
+
+/// A backend's [`PlainHandles`], one per listener that sent it requests.
+#[derive(Default)]
+pub struct PlainHandleCache(Mutex<Vec<Arc<PlainHandles>>>);
+
+impl std::fmt::Debug for PlainHandleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlainHandleCache")
+    }
+}
+
+impl PlainHandleCache {
+    /// The handles for `listener`, looked up on first use.
+    pub fn get(&self, metrics: &Metrics, listener: &Arc<str>, pool: &str, backend: &str) -> Arc<PlainHandles> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = cache.iter().find(|h| Arc::ptr_eq(&h.listener, listener) || h.listener == *listener) {
+            return h.clone();
+        }
+        let h = Arc::new(metrics.plain_handles(listener, pool, backend));
+        cache.push(h.clone());
+        h
     }
 }

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -23,10 +24,12 @@ use tracing::{debug, info};
 
 use crate::balance::hash_key;
 use crate::error::ProxyError;
+use crate::metrics::PlainHandles;
 use crate::route;
 use crate::server::Shared;
 use crate::snapshot::{Backend, Pool, Snapshot};
 use crate::upgrade::{self, Kind};
+use crate::upstream::keepalive::{self, SendError};
 use crate::upstream::{self, ForwardedFor};
 
 /// The body of every response tidegate sends to a client: a backend's
@@ -87,6 +90,10 @@ impl Exchange {
 /// The service of every client connection.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     ctx.served.store(true, Ordering::Relaxed);
+    // What the access line needs is copied only when the line is wanted.
+    if !tracing::enabled!(target: "tidegate::access", tracing::Level::INFO) {
+        return Ok(route_and_forward(&ctx, req).await);
+    }
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let resp = route_and_forward(&ctx, req).await;
@@ -144,56 +151,61 @@ async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, e
             parts.headers.insert(header::HOST, v);
         }
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match Uri::try_from(format!("http://{}{}", backend.addr, path)) {
-        Ok(uri) => uri,
-        Err(_) => return ex.fail(ctx, pool, Some(idx), ProxyError::NoRoute),
-    };
+    if parts.uri.authority().is_some() {
+        // An HTTP/2 client's absolute URI; HTTP/1.1 to the backend wants origin-form.
+        let origin = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(origin);
+    }
     parts.version = Version::HTTP_11;
 
-    let m = &ctx.shared.metrics;
-    let active = m.connections_active.with_label_values(&[&*ctx.listener, &*pool.name, &*backend.addr, "http"]);
-    active.inc();
+    let handles = backend.plain_metrics.get(&ctx.shared.metrics, &ctx.listener, &pool.name, &backend.addr);
+    handles.active.inc();
     backend.open.fetch_add(1, Ordering::Relaxed);
-    let in_flight = InFlight { backend: backend.clone(), active, started: Instant::now(), ctx: ctx.clone() };
+    let mut in_flight = InFlight { backend: backend.clone(), handles, started: Instant::now(), conn: None };
 
-    let sent = ctx.shared.http.request(Request::from_parts(parts, body));
-    let mut resp = match tokio::time::timeout(ctx.snapshot.limits.response_timeout, sent).await {
+    let limits = &ctx.snapshot.limits;
+    let sent = backend.idle.send(&backend.addr, Request::from_parts(parts, body), limits.connect_timeout);
+    let mut resp = match tokio::time::timeout(limits.response_timeout, sent).await {
         Err(_) => return ex.fail(ctx, pool, Some(idx), ProxyError::Timeout(backend.addr.to_string())),
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(SendError::Connect(source))) => {
             backend.connect_failed();
-            let source = std::io::Error::other(crate::error::root_cause(&e));
             return ex.fail(ctx, pool, Some(idx), ProxyError::Connect { backend: backend.addr.to_string(), source });
         }
-        Ok(Err(e)) => {
+        Ok(Err(SendError::Backend(e))) => {
             let err = ProxyError::Backend { backend: backend.addr.to_string(), source: Box::new(e) };
             return ex.fail(ctx, pool, Some(idx), err);
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok((resp, conn))) => {
+            in_flight.conn = Some(conn);
+            resp
+        }
     };
     backend.connect_succeeded();
-    ex.record(ctx, pool, &backend.addr, ex.kind, "ok", resp.status());
+    if resp.status() == StatusCode::OK {
+        in_flight.handles.ok.inc();
+        in_flight.handles.status_200.inc();
+    } else {
+        ex.record(ctx, pool, &backend.addr, ex.kind, "ok", resp.status());
+    }
     upstream::strip_hop_by_hop(resp.headers_mut());
-    let bytes = m.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
-    resp.map(|body| Either::Left(Tracked { inner: body, bytes, _in_flight: Some(in_flight) }))
+    let bytes = in_flight.handles.bytes_down.clone();
+    resp.map(|body| Either::Left(Tracked { inner: body, bytes, ended: false, in_flight: Some(in_flight) }))
 }
 
 /// Holds a plain exchange open in the metrics until its response body is done.
 pub struct InFlight {
     backend: Arc<Backend>,
-    active: IntGauge,
+    handles: Arc<PlainHandles>,
     started: Instant,
-    ctx: Arc<ConnCtx>,
+    /// The backend connection, given back for reuse if the body is read to its end.
+    conn: Option<keepalive::Conn>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.active.dec();
+        self.handles.active.dec();
         self.backend.open.fetch_sub(1, Ordering::Relaxed);
-        let m = &self.ctx.shared.metrics;
-        m.connection_duration
-            .with_label_values(&[&*self.backend.pool, "http"])
-            .observe(self.started.elapsed().as_secs_f64());
+        self.handles.duration.observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -201,14 +213,29 @@ impl Drop for InFlight {
 pub struct Tracked {
     inner: Incoming,
     bytes: IntCounter,
+    /// Whether the body was read to its end.
+    ended: bool,
     /// Present for plain exchanges, which stay active until the body is done.
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
 }
 
 impl Tracked {
     /// A body counted in `bytes` and tracked by nothing else.
     pub fn counted(inner: Incoming, bytes: IntCounter) -> Tracked {
-        Tracked { inner, bytes, _in_flight: None }
+        Tracked { inner, bytes, ended: false, in_flight: None }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // A body read to its end leaves its connection ready for the next
+        // request; one abandoned halfway is closed by hyper, so not kept.
+        if let Some(f) = &mut self.in_flight
+            && (self.ended || self.inner.is_end_stream())
+            && let Some(conn) = f.conn.take()
+        {
+            f.backend.idle.put(conn);
+        }
     }
 }
 
@@ -218,10 +245,14 @@ impl Body for Tracked {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes.inc_by(data.len() as u64);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.inc_by(data.len() as u64);
+                }
+            }
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
         }
         polled
     }

@@ -23,7 +23,6 @@ use crate::config::{Config, ListenerConfig};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tunnels::Tunnels;
-use crate::upstream::{self, HttpClient};
 use crate::{admin, handover, listener};
 
 /// State shared by every connection, the admin endpoint and the lifecycle.
@@ -32,8 +31,6 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     pub tunnels: Arc<Tunnels>,
-    /// Pooled keep-alive connections to backends for plain requests.
-    pub http: HttpClient,
     /// What `/readyz` answers: false once shutdown begins.
     pub ready: AtomicBool,
     /// The file a reload reads again; `None` when the config came from elsewhere.
@@ -181,7 +178,6 @@ pub async fn start_with(config: Config, opts: StartOptions) -> Result<Running, S
         snapshot: ArcSwap::from_pointee(Snapshot::build(&config, None)),
         metrics: Metrics::new(),
         tunnels: Arc::default(),
-        http: upstream::http_client(config.limits.connect_timeout),
         ready: AtomicBool::new(true),
         config_path: opts.config_path,
         listeners: Mutex::default(),

@@ -16,7 +16,9 @@ use hyper_util::server::conn::auto;
 
 use crate::balance::Ring;
 use crate::config::{Config, DrainConfig, KeySpec, Limits, ListenerConfig};
+use crate::metrics::PlainHandleCache;
 use crate::route::Route;
+use crate::upstream::keepalive::IdleConns;
 
 /// The runtime view of one config.
 pub struct Snapshot {
@@ -69,6 +71,10 @@ pub struct Backend {
     max_fails: u32,
     fail_timeout: Duration,
     epoch: Instant,
+    /// Idle keep-alive connections for plain requests to this backend.
+    pub idle: IdleConns,
+    /// Metric handles for plain requests to this backend.
+    pub plain_metrics: PlainHandleCache,
 }
 
 impl Backend {
@@ -84,6 +90,8 @@ impl Backend {
             max_fails: max_fails.max(1),
             fail_timeout,
             epoch: Instant::now(),
+            idle: IdleConns::default(),
+            plain_metrics: PlainHandleCache::default(),
         }
     }
 

@@ -1,36 +1,18 @@
-//! Talking to backends: the pooled client for plain requests, the dialer for
-//! WebSocket hand-offs, and the header hygiene both share (hop-by-hop headers
-//! out, `Forwarded` / `X-Forwarded-*` in).
+//! Talking to backends: keep-alive connections for plain requests
+//! (`keepalive`), the dialer, and the header hygiene plain requests and
+//! WebSocket hand-offs share (hop-by-hop headers out, `Forwarded` /
+//! `X-Forwarded-*` in).
 //!
 //! It does not choose the backend (`proxy` with `balance` does) nor splice
 //! tunnels (`tunnel`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
-/// The pooled HTTP/1.1 client used for plain requests to every backend.
-pub type HttpClient = Client<HttpConnector, Incoming>;
-
-/// Builds the client: keep-alive pools per backend, Nagle off, connect timeout.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
+pub mod keepalive;
 
 /// Opens a TCP connection to a backend (`host:port`; names are resolved
 /// here), bounded by `timeout`.
@@ -44,7 +26,7 @@ pub async fn dial(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the
 /// legacy ones proxies agree to drop.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -94,10 +76,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// On every request: the address is formatted once, the values are built
 /// with `push_str` and handed to `HeaderValue` without a copy.
 pub fn add_forwarded(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
-    use std::fmt::Write;
     let ip = f.client.ip().to_canonical();
-    let mut ip_text = String::with_capacity(48);
-    let _ = write!(ip_text, "{ip}");
+    let ip_text = ip_text(ip);
 
     let prev_xff = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
     let mut xff = String::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + ip_text.len());
@@ -128,15 +108,41 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
         fwd.push_str(host);
         fwd.push('"');
     }
+    // Up to four new entries: grow the map once, not once per insert.
+    headers.reserve(4);
     set(headers, X_FORWARDED_FOR, xff);
     set(headers, header::FORWARDED, fwd);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
-    match f.host {
-        Some(host) => set(headers, X_FORWARDED_HOST, host.to_owned()),
+    match f.host.and_then(|host| HeaderValue::from_str(host).ok()) {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
     }
+}
+
+/// The address as text: IPv4 by hand, as `Display` costs a formatter per
+/// request on the hot path.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
@@ -187,6 +193,15 @@ mod tests {
         let f = ForwardedFor { client: "[2001:db8::1]:4000".parse().unwrap(), proto: "https", host: None };
         add_forwarded(&mut h, &f);
         assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.99.100", "255.255.255.255", "1.10.100.199"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 }

@@ -162,3 +162,50 @@ async fn an_unreachable_backend_gets_the_client_502_and_its_keys_move_on() {
     let line = format!("tidegate_backend_up{{backend=\"{}\",pool=\"echo\"}} 0", backends[0].addr);
     assert!(metrics.contains(&line), "missing {line}");
 }
+
+#[tokio::test]
+async fn plain_requests_reuse_keep_alive_connections_to_the_backend() {
+    let backend = TestBackend::start("a").await;
+    let proxy = start_proxy(&[backend.addr], "").await;
+    // Each from a new client connection: only the backend side is kept alive.
+    // Fixed-length, chunked, streamed and empty bodies all leave it reusable.
+    for path in ["/whoami", "/bytes?n=200000", "/sse?n=3", "/missing", "/whoami", "/bytes?n=0"] {
+        for _ in 0..5 {
+            let (status, _, _) = get(addr(&proxy), path, &[]).await;
+            assert!(status == 200 || status == 404, "{path}: {status}");
+        }
+    }
+    assert_eq!(backend.connections_accepted(), 1, "30 sequential requests should share one backend connection");
+}
+
+#[tokio::test]
+async fn a_backend_closing_its_keep_alive_connections_costs_no_request() {
+    let backend = TestBackend::start("a").await;
+    let proxy = start_proxy(&[backend.addr], "").await;
+    for i in 0..20 {
+        let path = if i % 2 == 0 { "/close" } else { "/whoami" };
+        let (status, _, body) = get(addr(&proxy), path, &[]).await;
+        assert_eq!((status, body.as_slice()), (200, &b"a"[..]), "request {i} ({path})");
+    }
+    // Every "/close" took its connection with it.
+    assert!(backend.connections_accepted() >= 10, "{} connections", backend.connections_accepted());
+}
+
+#[tokio::test]
+async fn a_response_abandoned_by_the_client_does_not_poison_the_next_request() {
+    let backend = TestBackend::start("a").await;
+    let proxy = start_proxy(&[backend.addr], "").await;
+    // The client reads the head of a 64 MiB body and hangs up.
+    let stream = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("/bytes?n=67108864").header("host", "t").body(Empty::<Bytes>::new()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop((resp, sender));
+    driver.abort();
+    for _ in 0..5 {
+        let (status, _, body) = get(addr(&proxy), "/whoami", &[]).await;
+        assert_eq!((status, body.as_slice()), (200, &b"a"[..]));
+    }
+}

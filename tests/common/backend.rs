@@ -211,6 +211,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<RespBody> {
     match req.uri().path() {
         "/whoami" => text(StatusCode::OK, shared.name.clone()),
         "/healthz" => text(StatusCode::OK, "ok"),
+        "/close" => {
+            // Answers, then closes the connection (keep-alive refused).
+            let mut resp = text(StatusCode::OK, shared.name.clone());
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
         "/headers" => {
             let mut map = serde_json::Map::new();
             for name in req.headers().keys() {
