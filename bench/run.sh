@@ -16,14 +16,15 @@
 #   ROUNDS=3          rounds (each runs every scenario against every proxy)
 #   DURATION=10       seconds measured per scenario (after a 1 s warm-up)
 #   SCENARIOS="http http_big latency throughput handshakes idle sticky"
-#   PROXIES="direct tidegate haproxy nginx"   (also: haproxy-64k nginx-64k)
+#   PROXIES="direct tidegate haproxy nginx"   (also: haproxy-64k nginx-64k tidegate-splice)
 #   IDLE_N=9900       idle WebSockets held in "idle"
 #   TIDEGATE_BIN=...  tidegate binary (default: the workspace's target/release/tidegate)
 #   TIDEGATE_LOG=...  RUST_LOG for tidegate (default: info,tidegate::access=off)
 #   SKIP_BUILD=1      use the binaries as they are
 #   CARGO_TARGET_DIR  honoured, as by cargo
 #
-# Ports: tidegate 18080 (admin 19901), HAProxy 18081, nginx 18082, backends
+# Ports: tidegate 18080 (admin 19901), HAProxy 18081, nginx 18082,
+# tidegate-splice ([limits] splice = true) 18083 (admin 19902), backends
 # 19001-19003, all on 127.0.0.1. Needs root for apt-get only when a peer is missing.
 set -euo pipefail
 
@@ -46,16 +47,16 @@ has() { [[ " $PROXIES " == *" $1 "* ]]; }
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     say "building the harness (release)..."
     (cd "$ROOT" && cargo build --release -q -p tidegate-bench)
-    if has tidegate; then
+    if has tidegate || has tidegate-splice; then
         say "building tidegate (release)..."
         (cd "$ROOT" && cargo build --release -q -p tidegate --bin tidegate) ||
             say "WARNING: tidegate failed to build"
     fi
 fi
 [[ -x $HARNESS ]] || { say "no harness binary at $HARNESS"; exit 1; }
-if has tidegate && [[ ! -x $TIDEGATE_BIN ]]; then
+if { has tidegate || has tidegate-splice; } && [[ ! -x $TIDEGATE_BIN ]]; then
     say "SKIPPING tidegate: no binary at $TIDEGATE_BIN (build it, or set TIDEGATE_BIN)"
-    PROXIES=$(tr ' ' '\n' <<<"$PROXIES" | grep -vx tidegate | tr '\n' ' ')
+    PROXIES=$(tr ' ' '\n' <<<"$PROXIES" | grep -vx 'tidegate\|tidegate-splice' | tr '\n' ' ')
 fi
 
 # --- peers ---------------------------------------------------------------
@@ -102,6 +103,7 @@ proxy_addr() {
     case $1 in
         direct) echo "$BACKENDS" ;;
         tidegate) echo 127.0.0.1:18080 ;;
+        tidegate-splice) echo 127.0.0.1:18083 ;;
         haproxy | haproxy-64k) echo 127.0.0.1:18081 ;;
         nginx | nginx-64k) echo 127.0.0.1:18082 ;;
         *) say "unknown proxy '$1'"; return 1 ;;
@@ -118,10 +120,10 @@ start_proxy() { # NAME: starts it pinned to CPU 0, sets PROXY_PID
         return 1
     fi
     case $name in
-        tidegate)
+        tidegate | tidegate-splice)
             # No access log (the peers run without one either).
             RUST_LOG=${TIDEGATE_LOG:-info,tidegate::access=off} \
-                taskset -c 0 "$TIDEGATE_BIN" run --config "$BENCH_DIR/configs/tidegate.toml" 2>>"$log" &
+                taskset -c 0 "$TIDEGATE_BIN" run --config "$BENCH_DIR/configs/$name.toml" 2>>"$log" &
             ;;
         haproxy | haproxy-64k)
             local cfg=$BENCH_DIR/configs/haproxy.cfg

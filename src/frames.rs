@@ -119,6 +119,27 @@ impl FrameTracker {
         last
     }
 
+    /// The payload bytes of the current frame still to come, when the stream is inside a
+    /// payload (0 at a boundary, in a header, in a Close frame's status code, or once invalid):
+    /// exactly that many bytes may pass unseen through [`skip_payload`](Self::skip_payload).
+    /// The tunnel splices them instead of reading them.
+    pub fn payload_remaining(&self) -> u64 {
+        if self.pos == PAYLOAD { self.remaining } else { 0 }
+    }
+
+    /// Accounts for `n` payload bytes that passed without being read; `n` is capped at
+    /// [`payload_remaining`](Self::payload_remaining), so it never skips past the frame. Ends
+    /// in the same state as feeding those `n` bytes (payloads are never looked at).
+    pub fn skip_payload(&mut self, n: u64) {
+        if self.pos != PAYLOAD || n == 0 {
+            return;
+        }
+        self.remaining -= n.min(self.remaining);
+        if self.remaining == 0 {
+            self.end_frame();
+        }
+    }
+
     /// Complete frames seen, control frames included.
     pub fn frames(&self) -> u64 {
         self.frames
@@ -541,6 +562,26 @@ mod tests {
     }
 
     #[test]
+    fn skipping_a_payload_is_feeding_it() {
+        let (stream, ends) = concat(&[frame(0x02, Some(KEY), &[9; 70_000]), frame(0x80, None, &[8; 300])]);
+        let mut t = FrameTracker::new();
+        assert_eq!(t.payload_remaining(), 0);
+        t.feed(&stream[..14]); // 2 + 8 + 4: the first header, masked, 64-bit length
+        assert_eq!(t.payload_remaining(), 70_000);
+        t.skip_payload(69_999);
+        assert_eq!(t.payload_remaining(), 1);
+        t.skip_payload(5); // capped at the frame's end
+        assert!(t.at_boundary() && t.in_fragmented_message());
+        assert_eq!(t.payload_remaining(), 0);
+        t.skip_payload(7); // nothing to skip at a boundary
+        t.feed(&stream[ends[0]..]);
+        let mut whole = FrameTracker::new();
+        whole.feed(&stream);
+        assert_eq!(t, whole);
+        assert_eq!((t.frames(), t.messages()), (2, 1));
+    }
+
+    #[test]
     fn tracker_is_small() {
         assert_eq!(std::mem::size_of::<FrameTracker>(), 32);
     }
@@ -648,6 +689,30 @@ mod tests {
             prop_assert_eq!(t.frames(), s.ends.len() as u64);
             prop_assert_eq!(t.messages(), s.messages);
             prop_assert_eq!(t.close_code(), s.close_code);
+            let mut whole = FrameTracker::new();
+            whole.feed(&s.bytes);
+            prop_assert_eq!(whole, t);
+        }
+
+        /// Skipping known payload bytes instead of feeding them (what the splice path does)
+        /// ends in the same state as feeding everything.
+        #[test]
+        fn skipping_payloads_matches_feeding(s in stream(), sizes in read_sizes()) {
+            let mut t = FrameTracker::new();
+            let (mut off, mut read) = (0, 0);
+            while off < s.bytes.len() {
+                let size = sizes[read % sizes.len()];
+                read += 1;
+                let skip = t.payload_remaining().min(size as u64) as usize;
+                if skip > 0 && read % 2 == 0 {
+                    t.skip_payload(skip as u64);
+                    off += skip;
+                } else {
+                    let end = (off + size).min(s.bytes.len());
+                    t.feed(&s.bytes[off..end]);
+                    off = end;
+                }
+            }
             let mut whole = FrameTracker::new();
             whole.feed(&s.bytes);
             prop_assert_eq!(whole, t);

@@ -12,6 +12,25 @@
 //! Other transports (an HTTP/2 stream, TLS) take the generic path, which
 //! copies without framing: a drain can only close it at its deadline.
 //! When to drain is `drain`'s business; this module only carries it out.
+//!
+//! With `limits.splice`, a raw TCP direction moves the payload of large
+//! frames with splice(2) through a pipe ([`pipe`]) instead of through a
+//! buffer. The tracker still sees every frame header: headers (and small
+//! frames) are read and copied as before, and only the payload bytes the
+//! tracker says are still to come in the current frame are spliced, then
+//! skipped in the tracker ([`FrameTracker::skip_payload`]). So frame and
+//! message counts stay exact and a drain finds its boundary the same way,
+//! copying the draining tail. The price is an extra small read per large
+//! frame: after a spliced frame, the next header is read alone (at most
+//! `HEAD` bytes) so that the next payload can be spliced from its start.
+//! Splicing starts only for a payload of `MIN_SPLICE` bytes or more; below
+//! that the copy is cheaper than the extra calls.
+//!
+//! Measured (bench throughput scenario, 8 WebSockets, proxy pinned to one
+//! busy shared core, 10 interleaved runs each): proxy MB per CPU-second went
+//! from 1,119 to 1,432 for 64 KiB messages (x1.28) and from 1,503 to 3,824 for
+//! 1 MiB messages (x2.5). Off by default: it costs file descriptors (see
+//! [`pipe`]) and gains nothing for small messages.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -31,6 +50,11 @@ use tracing::debug;
 use crate::frames::FrameTracker;
 use crate::tunnels::{Direction, DrainRequest, TunnelInfo};
 
+mod pipe;
+
+use pipe::Pipe;
+pub use pipe::{set_splice, splice_enabled, spliced_bytes};
+
 /// Size of a pooled read buffer. Large enough for 64 KiB messages in one read.
 const BUF_SIZE: usize = 64 * 1024;
 /// Buffers kept per thread; more are freed, so the pool is bounded.
@@ -39,6 +63,14 @@ const POOL_MAX: usize = 16;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The reason carried by the Close frames tidegate sends.
 const CLOSE_REASON: &[u8] = b"tidegate: please reconnect";
+/// With splice on, a payload with at least this many bytes still to come is
+/// spliced rather than copied.
+const MIN_SPLICE: u64 = 16 * 1024;
+/// With splice on, after a spliced frame the next read takes at most this
+/// much, the longest frame header, so the next payload can be spliced whole.
+const HEAD: usize = 14;
+/// The most one splice into a pipe asks for (the pipe may take less).
+const SPLICE_MAX: u64 = 1 << 20;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -139,7 +171,8 @@ fn tcp<'a>(
     down: Counters<'a>,
 ) -> impl Future<Output = io::Result<()>> + Send + 'a {
     let early = early.iter().any(|e| !e.is_empty()).then(|| Box::new(early));
-    let mut halves = [Half::new(Direction::Up, up), Half::new(Direction::Down, down)];
+    let splice = splice_enabled();
+    let mut halves = [Half::new(Direction::Up, up, splice), Half::new(Direction::Down, down, splice)];
     async move {
         let [up, down] = &mut halves;
         let mut upstream = Flow { src: &c, dst: &b, info, half: up };
@@ -179,12 +212,13 @@ enum Dir<'f, 'h, 'a> {
     Done,
 }
 
-/// A burst the destination could not take at once: `buf[sent..len]` is still
-/// to be written, then `buf[..len]` counted.
-struct Pending {
-    buf: PooledBuf,
-    sent: usize,
-    len: usize,
+/// What the destination could not take at once.
+enum Pending {
+    /// A copied burst: `buf[sent..len]` is still to be written, then
+    /// `buf[..len]` counted.
+    Buf { buf: PooledBuf, sent: usize, len: usize },
+    /// Spliced payload (already counted) still in the pipe.
+    Pipe(Pipe),
 }
 
 /// A boxed future of the tunnel's rare paths.
@@ -231,13 +265,21 @@ async fn forced(info: &TunnelInfo, dir: Direction) {
 /// What one direction of a TCP tunnel owns.
 struct Half<'a> {
     dir: Direction,
+    /// Splice large payloads (`limits.splice` when the tunnel opened).
+    splice: bool,
+    /// With `splice`: frames here are large. While set, a payload is spliced
+    /// to its end and the header after it is read alone. Starts set, so that
+    /// the first large payload is spliced from its start; a header read alone
+    /// that opens a small frame clears it, and small frames are then copied in
+    /// full-buffer reads until a payload of `MIN_SPLICE` or more sets it again.
+    large: bool,
     counters: Counters<'a>,
     frames: FrameTracker,
 }
 
 impl<'a> Half<'a> {
-    fn new(dir: Direction, counters: Counters<'a>) -> Self {
-        Half { dir, counters, frames: FrameTracker::new() }
+    fn new(dir: Direction, counters: Counters<'a>, splice: bool) -> Self {
+        Half { dir, splice, large: splice, counters, frames: FrameTracker::new() }
     }
 }
 
@@ -251,35 +293,59 @@ struct Flow<'s, 'h, 'a> {
 
 impl Flow<'_, '_, '_> {
     /// Forwards until FIN (`None`) or a drain request, checked first, between
-    /// bursts (never while a burst is half written). Holds a buffer only while
-    /// there is something to move.
+    /// bursts (never while a burst is half written). Holds a buffer or a pipe
+    /// only while there is something to move.
     fn poll_forward(
         &mut self,
         pending: &mut Option<Pending>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<DrainRequest>>> {
         loop {
-            if let Some(p) = pending {
-                std::task::ready!(self.dst.poll_write_ready(cx))?;
-                match self.dst.try_write(&p.buf[p.sent..p.len]) {
-                    Ok(n) => p.sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
+            match pending {
+                Some(Pending::Buf { buf, sent, len }) => {
+                    std::task::ready!(self.dst.poll_write_ready(cx))?;
+                    match self.dst.try_write(&buf[*sent..*len]) {
+                        Ok(n) => *sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    if sent < len {
+                        continue;
+                    }
+                    if let Some(Pending::Buf { buf, len, .. }) = pending.take() {
+                        self.count(&buf[..len]);
+                    }
                 }
-                if p.sent < p.len {
-                    continue;
+                Some(Pending::Pipe(pipe)) => {
+                    std::task::ready!(self.dst.poll_write_ready(cx))?;
+                    match pipe.flush(self.dst) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    if pipe.held() > 0 {
+                        continue;
+                    }
+                    *pending = None; // the empty pipe goes back to the pool
                 }
-                if let Some(p) = pending.take() {
-                    self.count(&p.buf[..p.len]);
-                }
+                None => {}
             }
             if let Poll::Ready(request) = self.info.poll_drain(self.half.dir, cx) {
                 return Poll::Ready(Ok(Some(request)));
             }
             std::task::ready!(self.src.poll_read_ready(cx))?;
+            if self.wants_splice() {
+                match self.splice_payload(pending) {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return Poll::Ready(Ok(None)),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
             let mut buf = PooledBuf::take();
             loop {
-                let len = match self.src.try_read(&mut buf) {
+                let head = self.half.large && self.half.frames.at_boundary();
+                let want = if head { HEAD } else { buf.len() };
+                let len = match self.src.try_read(&mut buf[..want]) {
                     Ok(0) => return Poll::Ready(Ok(None)),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -294,14 +360,75 @@ impl Flow<'_, '_, '_> {
                     }
                 }
                 if sent < len {
-                    *pending = Some(Pending { buf, sent, len });
+                    *pending = Some(Pending::Buf { buf, sent, len });
                     break;
                 }
                 self.count(&buf[..len]);
-                if len < buf.len() {
+                if head {
+                    self.half.large = self.half.frames.payload_remaining() >= MIN_SPLICE;
+                    break; // splice what follows, if the frame is large
+                }
+                if len < want {
                     break;
                 }
             }
+        }
+    }
+
+    /// True when the next bytes from the source should be spliced: payload
+    /// of the current frame, which is large.
+    fn wants_splice(&self) -> bool {
+        let remaining = self.half.frames.payload_remaining();
+        self.half.splice && remaining > 0 && (self.half.large || remaining >= MIN_SPLICE)
+    }
+
+    /// Splices the current frame's payload from the source to the destination
+    /// while the source has some; `None` on the source's FIN. Leaves a pipe
+    /// that still holds bytes in `pending`. Copies instead (`Some` at once)
+    /// if no pipe can be had, so that a descriptor shortage only slows down.
+    fn splice_payload(&mut self, pending: &mut Option<Pending>) -> io::Result<Option<()>> {
+        let mut pipe = match Pipe::take() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                debug!(tunnel = self.info.id, error = %e, "no pipe for splice: copying");
+                self.half.splice = false;
+                return Ok(Some(()));
+            }
+        };
+        self.half.large = true;
+        loop {
+            let remaining = self.half.frames.payload_remaining();
+            if remaining == 0 {
+                return Ok(Some(()));
+            }
+            let n = match pipe.fill(self.src, remaining.min(SPLICE_MAX) as usize) {
+                Ok(0) => return Ok(None),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(())),
+                Err(e) => return Err(e),
+            };
+            self.count_skipped(n);
+            match pipe.flush(self.dst) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if pipe.held() > 0 {
+                *pending = Some(Pending::Pipe(pipe));
+                return Ok(Some(()));
+            }
+        }
+    }
+
+    /// Counts `n` payload bytes that were spliced, not read: bytes, and the
+    /// frame (and message) they may complete.
+    fn count_skipped(&mut self, n: usize) {
+        self.half.counters.tunnel.fetch_add(n as u64, Ordering::Relaxed);
+        self.half.counters.bytes.inc_by(n as u64);
+        let messages = self.half.frames.messages();
+        self.half.frames.skip_payload(n as u64);
+        if self.half.frames.messages() != messages {
+            self.half.counters.messages.inc_by(self.half.frames.messages() - messages);
         }
     }
 

@@ -135,6 +135,7 @@ pub(super) struct RawLimits {
     pub(super) max_header_bytes: Option<Spanned<i64>>,
     pub(super) connect_timeout: Option<Spanned<String>>,
     pub(super) response_timeout: Option<Spanned<String>>,
+    pub(super) splice: Option<Spanned<bool>>,
 }
 
 /// A backend: `"host:port"` or `{ addr = "host:port", weight = N }`. Written by

@@ -99,6 +99,7 @@ idle_timeout = "5m"
 max_header_bytes = 1024
 connect_timeout = "1s"
 response_timeout = "1h"
+splice = true
 "#;
     let c = parse(text, "t.toml").unwrap();
     assert_eq!(c.workers, Some(4));
@@ -118,6 +119,18 @@ response_timeout = "1h"
     assert_eq!(l.handshake_timeout, Duration::from_millis(250));
     assert_eq!(l.idle_timeout, Some(Duration::from_secs(300)));
     assert_eq!((l.connect_timeout, l.response_timeout), (Duration::from_secs(1), Duration::from_secs(3600)));
+    assert!(l.splice);
+}
+
+#[test]
+fn splice_is_off_unless_asked_and_must_be_a_bool() {
+    assert!(!parse(BASE, "t.toml").unwrap().limits.splice);
+    assert!(!parse(&format!("{BASE}[limits]\nsplice = false\n"), "t.toml").unwrap().limits.splice);
+    assert!(parse(&format!("{BASE}[limits]\nsplice = true\n"), "t.toml").unwrap().limits.splice);
+    let errs = errors(&format!("{BASE}[limits]\nsplice = \"yes\"\nmax_connections = 0\n"));
+    assert!(at(&errs, "limits.splice", 13, 10).message.contains("invalid type"), "{errs:#?}");
+    at(&errs, "limits.max_connections", 14, 19);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
 }
 
 #[test]

@@ -408,6 +408,8 @@ impl Report<'_> {
         limits.connect_timeout = self.duration(raw.connect_timeout, "limits.connect_timeout", defaults.connect_timeout);
         limits.response_timeout =
             self.duration(raw.response_timeout, "limits.response_timeout", defaults.response_timeout);
+        // A bool: serde has already located a wrong type; nothing else can be wrong with it.
+        limits.splice = raw.splice.is_some_and(|s| *s.get_ref());
         limits.idle_timeout = raw.idle_timeout.filter(|v| v.get_ref() != "off").and_then(|v| {
             let path = "limits.idle_timeout";
             match parse_duration(v.get_ref()) {
