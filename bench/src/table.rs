@@ -2,7 +2,8 @@
 //!
 //! One row per scenario and metric; per proxy the median over rounds with the
 //! min–max; last, tidegate's median divided by the best peer's median (peers are
-//! every proxy except `direct` and `tidegate`; "best" follows the metric's
+//! every proxy except `direct` and tidegate's own variants such as
+//! `tidegate-splice`; "best" follows the metric's
 //! direction, ↑ higher is better, ↓ lower is better).
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 use crate::report::{Better, Record};
 
 const SCENARIO_ORDER: &[&str] = &["http", "http_big", "latency", "throughput", "handshakes", "idle", "sticky"];
-const PROXY_ORDER: &[&str] = &["direct", "tidegate", "haproxy", "nginx"];
+const PROXY_ORDER: &[&str] = &["direct", "tidegate", "tidegate-splice", "haproxy", "nginx"];
 
 struct Row {
     scenario: String,
@@ -151,7 +152,8 @@ fn ratio(row: &Row) -> String {
     let Some(t) = row.values.get("tidegate").map(|v| stats(v).0) else {
         return String::new();
     };
-    let peers = row.values.iter().filter(|(p, _)| *p != "direct" && *p != "tidegate").map(|(_, v)| stats(v).0);
+    let peers =
+        row.values.iter().filter(|(p, _)| *p != "direct" && !p.starts_with("tidegate")).map(|(_, v)| stats(v).0);
     let best = match row.better {
         Better::Higher => peers.fold(f64::NAN, f64::max),
         Better::Lower => peers.fold(f64::NAN, f64::min),
@@ -224,6 +226,8 @@ mod tests {
             rec("haproxy", 110.0),
             rec("tidegate", 130.0),
             rec("haproxy", 300.0),
+            // tidegate's own variants are not peers.
+            rec("tidegate-splice", 500.0),
         ];
         let out = render(&recs);
         assert!(out.contains("110 (100–300)"), "{out}");
