@@ -105,8 +105,13 @@ pub fn run<'a>(
     up: Counters<'a>,
     down: Counters<'a>,
 ) -> impl Future<Output = io::Result<()>> + Send + 'a {
-    let client = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client)
-        .map(|parts| (parts.io.into_inner(), parts.read_buf));
+    // Served by hyper's HTTP/1 server directly, or by `auto` (which wraps the socket).
+    let client = client.downcast::<TokioIo<TcpStream>>().map(|parts| (parts.io.into_inner(), parts.read_buf)).or_else(
+        |client| {
+            hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client)
+                .map(|parts| (parts.io.into_inner(), parts.read_buf))
+        },
+    );
     match client {
         Ok((c, c_early)) => {
             futures_util::future::Either::Left(tcp(c, backend, [c_early, backend_early], info, up, down))
