@@ -81,7 +81,8 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
     // replay them, one more read and one more buffer copy per connection.
     let result = if H2_PREFACE.starts_with(&first[..peeked]) {
         let conn = this.snapshot.http_server.serve_connection_with_upgrades(io, service);
-        run(conn, |c| c.graceful_shutdown(), &this, closing).await
+        // Boxed: the rarer path, which would otherwise grow every connection's task.
+        Box::pin(run(conn, |c| c.graceful_shutdown(), &this, closing)).await
     } else {
         let conn = http1_builder(&this.snapshot.limits).serve_connection(io, service).with_upgrades();
         run(conn, |c| c.graceful_shutdown(), &this, closing).await.map_err(Into::into)
