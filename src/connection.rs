@@ -4,14 +4,18 @@
 //! Limits that belong to the connection live here: the time a client may take
 //! to send its first request, the header size, keep-alive.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::config::Limits;
@@ -37,28 +41,66 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper's HTTP/1.1 server with the same settings as `server_builder`'s.
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUF))
+        .keep_alive(true);
+    builder
+}
+
 /// Serves one client connection until it closes or becomes a tunnel.
 pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
-    let mut closing = ctx.shared.closing.subscribe();
+    let closing = ctx.shared.closing.subscribe();
     let _ = stream.set_nodelay(true);
-    let limits = &ctx.snapshot.limits;
+    let handshake_timeout = ctx.snapshot.limits.handshake_timeout;
     // hyper's header timeout starts with the first request line; a client that
     // connects and sends nothing is cut here.
     // (`readable()` may wake spuriously; `peek` waits for a real byte.)
-    match tokio::time::timeout(limits.handshake_timeout, stream.peek(&mut [0u8; 1])).await {
-        Ok(Ok(n)) if n > 0 => {}
+    let mut first = [0u8; H2_PREFACE.len()];
+    let peeked = match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
         Ok(_) => return,
         Err(_) => {
             debug!("client sent nothing before the handshake timeout");
             return;
         }
-    }
-    let handshake_timeout = limits.handshake_timeout;
+    };
     let this = ctx.clone();
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    let conn = this.snapshot.http_server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = TokioIo::new(stream);
+    // What the client sent first tells HTTP/1 from HTTP/2 (prior knowledge),
+    // so HTTP/1, by far the most common, is served by hyper's HTTP/1 server
+    // directly: `auto` would read the first 24 bytes again on their own and
+    // replay them, one more read and one more buffer copy per connection.
+    let result = if H2_PREFACE.starts_with(&first[..peeked]) {
+        let conn = this.snapshot.http_server.serve_connection_with_upgrades(io, service);
+        // Boxed: the rarer path, which would otherwise grow every connection's task.
+        Box::pin(run(conn, |c| c.graceful_shutdown(), &this, closing)).await
+    } else {
+        let conn = http1_builder(&this.snapshot.limits).serve_connection(io, service).with_upgrades();
+        run(conn, |c| c.graceful_shutdown(), &this, closing).await.map_err(Into::into)
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Drives a connection to its end; at shutdown, ends it gracefully with
+/// `graceful_shutdown`.
+async fn run<C, T>(conn: C, graceful_shutdown: fn(Pin<&mut C>), ctx: &ConnCtx, mut closing: watch::Receiver<bool>) -> T
+where
+    C: Future<Output = T>,
+{
+    let handshake_timeout = ctx.snapshot.limits.handshake_timeout;
     tokio::pin!(conn);
-    let result = tokio::select! {
+    tokio::select! {
         result = conn.as_mut() => result,
         () = crate::server::stopped(&mut closing) => {
             // At shutdown the connection finishes: GOAWAY, keep-alive off. But
@@ -66,20 +108,17 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnCtx>) {
             // this one was accepted, so its first request may be on the way:
             // give it until the handshake timeout to start, so it is answered.
             let started = async {
-                while !this.served.load(Ordering::Relaxed) {
+                while !ctx.served.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             };
             tokio::select! {
                 result = conn.as_mut() => result,
                 _ = tokio::time::timeout(handshake_timeout, started) => {
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                     conn.await
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "client connection ended with an error");
     }
 }

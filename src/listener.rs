@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::level_filters::LevelFilter;
+use tracing::{Instrument, Level, Span, debug, info_span, warn};
 
 use crate::connection;
 use crate::proxy::ConnCtx;
@@ -77,7 +78,16 @@ pub async fn accept_loop(listener: TcpListener, name: Arc<str>, shared: Arc<Shar
             open_gauge: open_gauge.clone(),
         });
         open_gauge.inc();
-        let span = info_span!("conn", client.addr = %client, listener = %name);
+        // The span only gives the connection's events their context: when none
+        // of them can be emitted (no debug anywhere, access log off) it is
+        // skipped, as it cost ~6k instructions, 8% of a WebSocket handshake.
+        let span = if LevelFilter::current() >= LevelFilter::DEBUG
+            || tracing::enabled!(target: "tidegate::access", Level::INFO)
+        {
+            info_span!("conn", client.addr = %client, listener = %name)
+        } else {
+            Span::none()
+        };
         tokio::spawn(connection::serve(stream, ctx).instrument(span));
     }
 }

@@ -124,27 +124,33 @@ pub struct Counters<'a> {
 }
 
 /// Splices `client` and `backend` until both directions ended, one failed,
-/// or a drain finished with them.
+/// or a drain finished with them. `backend_early` is what the backend sent
+/// right after its handshake.
 ///
 /// Not an `async fn`: the transports are sorted out here, so that the future
 /// every tunnel keeps for its whole life holds the two sockets and little else.
 pub fn run<'a>(
     client: Upgraded,
-    backend: Upgraded,
+    backend: TcpStream,
+    backend_early: Bytes,
     info: &'a TunnelInfo,
     up: Counters<'a>,
     down: Counters<'a>,
 ) -> impl Future<Output = io::Result<()>> + Send + 'a {
-    let client = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client)
-        .map(|parts| (parts.io.into_inner(), parts.read_buf));
-    let backend = backend.downcast::<TokioIo<TcpStream>>().map(|parts| (parts.io.into_inner(), parts.read_buf));
-    match (client, backend) {
-        (Ok((c, c_early)), Ok((b, b_early))) => {
-            futures_util::future::Either::Left(tcp(c, b, [c_early, b_early], info, up, down))
+    // Served by hyper's HTTP/1 server directly, or by `auto` (which wraps the socket).
+    let client = client.downcast::<TokioIo<TcpStream>>().map(|parts| (parts.io.into_inner(), parts.read_buf)).or_else(
+        |client| {
+            hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(client)
+                .map(|parts| (parts.io.into_inner(), parts.read_buf))
+        },
+    );
+    match client {
+        Ok((c, c_early)) => {
+            futures_util::future::Either::Left(tcp(c, backend, [c_early, backend_early], info, up, down))
         }
-        (client, backend) => {
-            let client = client.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
-            let backend = backend.map_or_else(|u| Io::Upgraded(TokioIo::new(u)), |(s, early)| Io::Tcp(s, early));
+        Err(client) => {
+            let client = Io::Upgraded(TokioIo::new(client));
+            let backend = Io::Tcp(backend, backend_early);
             // Boxed: rare (TLS, HTTP/2), and large, which would grow every tunnel's task.
             futures_util::future::Either::Right(Box::pin(async move {
                 tokio::select! {

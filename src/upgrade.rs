@@ -17,17 +17,20 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Empty};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::error::ProxyError;
 use crate::proxy::{ConnCtx, Exchange, ProxyBody, Tracked};
-use crate::snapshot::Pool;
+use crate::snapshot::{Backend, Pool};
 use crate::tunnel::{self, Counters};
 use crate::upstream::{self, ForwardedFor};
+
+mod backend;
+use backend::Answer;
 
 /// What kind of request this is, as far as upgrades go.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,7 +95,7 @@ pub async fn proxy(
     // Connect, walking the ring past backends that refuse: nothing was sent
     // yet, so trying the next one is safe.
     let mut tried: Vec<usize> = Vec::new();
-    let (idx, stream) = loop {
+    let (idx, mut stream) = loop {
         let Some(idx) = pool.pick(ex.key_hash, &tried) else {
             return ex.fail(&ctx, &pool, None, ProxyError::NoBackend(pool.name.to_string()));
         };
@@ -126,50 +129,68 @@ pub async fn proxy(
     );
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade);
-    let mut out = Request::new(Empty::<Bytes>::new());
-    *out.method_mut() = Method::GET;
-    *out.uri_mut() = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse().unwrap_or_default();
-    *out.headers_mut() = parts.headers;
+    let path = match parts.uri.path_and_query() {
+        Some(p) if p.as_str().starts_with('/') => p.as_str(),
+        _ => "/",
+    };
+    let head = backend::request_head(path, &parts.headers);
 
-    let answer = tokio::time::timeout(limits.response_timeout, async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn.with_upgrades());
-        sender.send_request(out).await
-    })
-    .await;
-    let mut resp = match answer {
+    let exchange = backend::exchange(&mut stream, &head, limits.max_header_bytes);
+    let answer = match tokio::time::timeout(limits.response_timeout, exchange).await {
         Err(_) => return ex.fail(&ctx, &pool, Some(idx), ProxyError::Timeout(backend.addr.to_string())),
-        Ok(Err(e)) => {
-            let err = ProxyError::Backend { backend: backend.addr.to_string(), source: Box::new(e) };
-            return ex.fail(&ctx, &pool, Some(idx), err);
-        }
-        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return ex.fail(&ctx, &pool, Some(idx), broke(&backend, e)),
+        Ok(Ok(answer)) => answer,
     };
     ctx.shared.metrics.handshake_duration.with_label_values(&[&*pool.name]).observe(started.elapsed().as_secs_f64());
+    let (headers, backend_early) = match answer {
+        Answer::Switching { headers, early } => (headers, early),
+        Answer::Refused { read } => return relay_refusal(&ctx, &pool, idx, &ex, stream, read, path).await,
+    };
 
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The backend refused the upgrade: relay its answer as a plain response.
-        ex.record(&ctx, &pool, &backend.addr, ex.kind, "refused", resp.status());
-        upstream::strip_hop_by_hop(resp.headers_mut());
-        let bytes = ctx.shared.metrics.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
-        return resp.map(|body| Either::Left(Tracked::counted(body, bytes)));
-    }
-
-    let on_backend_upgrade = hyper::upgrade::on(&mut resp);
-    ex.record(&ctx, &pool, &backend.addr, ex.kind, "ok", resp.status());
+    ex.record(&ctx, &pool, &backend.addr, ex.kind, "ok", StatusCode::SWITCHING_PROTOCOLS);
     let mut to_client = Response::new(Either::Right(Default::default()));
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *to_client.headers_mut() = std::mem::take(resp.headers_mut());
+    *to_client.headers_mut() = headers;
 
     let guard = ctx.shared.tunnels.open(ctx.client, ctx.listener.clone(), backend, &ex.key, ex.key_hash);
     // No span of its own (nor the connection's, which would then live as its
     // parent): an idle tunnel's memory is what a WebSocket proxy is judged
     // by, and a span costs hundreds of bytes. Its events name it instead.
-    tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, on_backend_upgrade));
+    tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, stream, backend_early));
     to_client
 }
 
-/// Waits for both upgrades, then splices until the tunnel ends (or idles out).
+/// Relays a backend's refusal of the upgrade as a plain response; `read` is
+/// what was read of it so far.
+async fn relay_refusal(
+    ctx: &ConnCtx,
+    pool: &Pool,
+    idx: usize,
+    ex: &Exchange,
+    stream: TcpStream,
+    read: Vec<u8>,
+    path: &str,
+) -> Response<ProxyBody> {
+    let backend = &pool.backends[idx];
+    let relayed = tokio::time::timeout(ctx.snapshot.limits.response_timeout, backend::relay(stream, read, path));
+    let mut resp = match relayed.await {
+        Err(_) => return ex.fail(ctx, pool, Some(idx), ProxyError::Timeout(backend.addr.to_string())),
+        Ok(Err(e)) => return ex.fail(ctx, pool, Some(idx), broke(backend, e)),
+        Ok(Ok(resp)) => resp,
+    };
+    ex.record(ctx, pool, &backend.addr, ex.kind, "refused", resp.status());
+    upstream::strip_hop_by_hop(resp.headers_mut());
+    let bytes = ctx.shared.metrics.bytes_total.with_label_values(&[&*pool.name, &*backend.addr, "downstream"]);
+    resp.map(|body| Either::Left(Tracked::counted(body, bytes)))
+}
+
+/// The error of a backend that broke the handshake exchange.
+fn broke(backend: &Backend, e: impl std::error::Error + Send + Sync + 'static) -> ProxyError {
+    ProxyError::Backend { backend: backend.addr.to_string(), source: Box::new(e) }
+}
+
+/// Waits for the client's upgrade, then splices until the tunnel ends (or
+/// idles out). `backend_early` is what the backend sent right after its `101`.
 ///
 /// Every open tunnel keeps this future, so it is kept small: an `async move`
 /// block (an `async fn` stores its arguments twice), the handshake's leftovers
@@ -178,7 +199,8 @@ fn run_tunnel(
     ctx: Arc<ConnCtx>,
     guard: crate::tunnels::TunnelGuard,
     on_client: OnUpgrade,
-    on_backend: OnUpgrade,
+    backend: TcpStream,
+    backend_early: Bytes,
 ) -> impl Future<Output = ()> + Send {
     let idle_timeout = ctx.snapshot.limits.idle_timeout;
     async move {
@@ -188,10 +210,10 @@ fn run_tunnel(
         let active = m.connections_active.with_label_values(&[&*ctx.listener, pool, addr, "websocket"]);
         active.inc();
         let splice = {
-            let (client, backend) = match Box::pin(async { tokio::join!(on_client, on_backend) }).await {
-                (Ok(c), Ok(b)) => (c, b),
-                (c, b) => {
-                    debug!(tunnel = info.id, client = ?c.err(), backend = ?b.err(), "upgrade did not complete");
+            let client = match on_client.await {
+                Ok(client) => client,
+                Err(e) => {
+                    debug!(tunnel = info.id, error = %e, "client upgrade did not complete");
                     active.dec();
                     return;
                 }
@@ -205,6 +227,7 @@ fn run_tunnel(
             tunnel::run(
                 client,
                 backend,
+                backend_early,
                 info,
                 counters(&info.bytes_up, "upstream"),
                 counters(&info.bytes_down, "downstream"),

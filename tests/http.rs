@@ -123,6 +123,28 @@ async fn http2_cleartext_clients_are_served() {
 }
 
 #[tokio::test]
+async fn an_http1_request_starting_like_the_http2_preface_is_served() {
+    // A first segment "P" could still be HTTP/2's preface; the proxy must wait
+    // for more before it picks the protocol.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = three_backends().await;
+    let proxy = start_proxy(&addrs(&backends), "").await;
+    let mut stream = TcpStream::connect(addr(&proxy)).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream
+        .write_all(b"UT /whoami?room=p HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("x-backend:"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_slow_backend_gets_the_client_504() {
     let backends = three_backends().await;
     let proxy = start_proxy(&addrs(&backends), "[limits]\nresponse_timeout = \"200ms\"\n").await;
