@@ -349,12 +349,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let mut report = Report { file, text, errors: Vec::new(), set_aside: Vec::new() };
     let config = decode::decode(&mut report).map(|raw| report.config(raw));
     match config {
-        Some(config) if report.errors.is_empty() => {
-            // BRIDGE, to go when `upgrade::run_tunnel` hands `ctx.snapshot.limits.splice`
-            // to the tunnel: until then the last config validated decides for new tunnels.
-            crate::tunnel::set_splice(config.limits.splice);
-            Ok(config)
-        }
+        Some(config) if report.errors.is_empty() => Ok(config),
         _ => {
             // File order reads best; the sort is stable, so one place keeps check order.
             report.errors.sort_by_key(|e| (e.line, e.col));

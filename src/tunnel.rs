@@ -53,7 +53,7 @@ use crate::tunnels::{Direction, DrainRequest, TunnelInfo};
 mod pipe;
 
 use pipe::Pipe;
-pub use pipe::{set_splice, splice_enabled, spliced_bytes};
+pub use pipe::spliced_bytes;
 
 /// Size of a pooled read buffer. Large enough for 64 KiB messages in one read.
 const BUF_SIZE: usize = 64 * 1024;
@@ -133,6 +133,7 @@ pub fn run<'a>(
     client: Upgraded,
     backend: TcpStream,
     backend_early: Bytes,
+    splice: bool,
     info: &'a TunnelInfo,
     up: Counters<'a>,
     down: Counters<'a>,
@@ -146,7 +147,7 @@ pub fn run<'a>(
     );
     match client {
         Ok((c, c_early)) => {
-            futures_util::future::Either::Left(tcp(c, backend, [c_early, backend_early], info, up, down))
+            futures_util::future::Either::Left(tcp(c, backend, [c_early, backend_early], splice, info, up, down))
         }
         Err(client) => {
             let client = Io::Upgraded(TokioIo::new(client));
@@ -172,12 +173,12 @@ fn tcp<'a>(
     c: TcpStream,
     b: TcpStream,
     early: [Bytes; 2],
+    splice: bool,
     info: &'a TunnelInfo,
     up: Counters<'a>,
     down: Counters<'a>,
 ) -> impl Future<Output = io::Result<()>> + Send + 'a {
     let early = early.iter().any(|e| !e.is_empty()).then(|| Box::new(early));
-    let splice = splice_enabled();
     let mut halves = [Half::new(Direction::Up, up, splice), Half::new(Direction::Down, down, splice)];
     async move {
         let [up, down] = &mut halves;

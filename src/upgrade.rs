@@ -228,6 +228,7 @@ fn run_tunnel(
                 client,
                 backend,
                 backend_early,
+                ctx.snapshot.limits.splice,
                 info,
                 counters(&info.bytes_up, "upstream"),
                 counters(&info.bytes_down, "downstream"),

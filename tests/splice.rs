@@ -56,7 +56,6 @@ async fn a_16_mib_message_echoes_intact_and_is_spliced() {
     let _serial = SERIAL.lock().await;
     let backend = TestBackend::start("a").await;
     let proxy = start_proxy(&[backend.addr], SPLICE).await;
-    assert!(tidegate::tunnel::splice_enabled());
     let (mut ws, _) = ws(addr(&proxy), "/?room=big").await;
     let before = tidegate::tunnel::spliced_bytes();
     let big = pattern(16 << 20, 1);
@@ -274,4 +273,21 @@ async fn two_hundred_spliced_tunnels_leave_no_file_descriptor_behind() {
     // warm-up; a pipe kept per tunnel would be hundreds.
     let settled = eventually(|| open_fds() <= before + 16).await;
     assert!(settled, "fds before: {before}, after: {}", open_fds());
+}
+
+#[tokio::test]
+async fn without_the_option_nothing_is_spliced() {
+    let _serial = SERIAL.lock().await;
+    let backend = TestBackend::start("a").await;
+    // Another proxy in this process splices: the setting is per config, not global.
+    let _splicing = start_proxy(&[backend.addr], SPLICE).await;
+    let proxy = start_proxy(&[backend.addr], "").await;
+    let (mut ws, _) = ws(addr(&proxy), "/?room=copy").await;
+    let before = tidegate::tunnel::spliced_bytes();
+    let big = pattern(4 << 20, 3);
+    match echo(&mut ws, Message::binary(big.clone())).await {
+        Message::Binary(got) => assert!(got[..] == big[..], "4 MiB message changed in transit"),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    assert_eq!(tidegate::tunnel::spliced_bytes(), before, "the copy path spliced");
 }

@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
@@ -34,31 +34,11 @@ const PIPE_SIZE: usize = 256 * 1024;
 /// Empty pipes kept per thread; more are closed, so the pool is bounded.
 const POOL_MAX: usize = 8;
 
-/// Whether new raw-TCP tunnels splice (`limits.splice` of the last config
-/// loaded; see [`set_splice`]).
-static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Bytes moved by splice since the process started.
 static SPLICED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static POOL: RefCell<Vec<Fds>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Sets whether tunnels opened from now on splice large payloads; tunnels
-/// already open keep what they started with.
-///
-/// A bridge: the setting belongs to the snapshot, and should reach the tunnel
-/// through `upgrade::run_tunnel` (`ctx.snapshot.limits.splice`). Until that
-/// wiring lands, `config::parse` calls this with the setting of the config it
-/// has just validated, so the last config loaded (at start or by a reload)
-/// decides.
-pub fn set_splice(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
-}
-
-/// Whether tunnels opened now splice large payloads.
-pub fn splice_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
 }
 
 /// Bytes moved by splice(2) since the process started (all tunnels, both
