@@ -128,15 +128,22 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with per-backend gauges refreshed from `snapshot`.
-    /// The handles of plain requests through `listener` to one backend.
-    fn plain_handles(&self, listener: &Arc<str>, pool: &str, backend: &str) -> PlainHandles {
-        PlainHandles {
+    /// The handles of `kind` exchanges through `listener` to one backend.
+    fn handles(&self, listener: &Arc<str>, kind: Kind, pool: &str, backend: &str) -> Handles {
+        let k = kind.label();
+        let usual = if kind == Kind::WebSocket { "101" } else { "200" };
+        let direction = |d| self.bytes_total.with_label_values(&[pool, backend, d]);
+        Handles {
             listener: listener.clone(),
-            active: self.connections_active.with_label_values(&[listener, pool, backend, "http"]),
-            ok: self.connections_total.with_label_values(&[listener, pool, backend, "http", "ok"]),
-            status_200: self.requests_total.with_label_values(&[pool, backend, "200"]),
-            bytes_down: self.bytes_total.with_label_values(&[pool, backend, "downstream"]),
-            duration: self.connection_duration.with_label_values(&[pool, "http"]),
+            kind,
+            active: self.connections_active.with_label_values(&[listener, pool, backend, k]),
+            ok: self.connections_total.with_label_values(&[listener, pool, backend, k, "ok"]),
+            usual_status: self.requests_total.with_label_values(&[pool, backend, usual]),
+            bytes: [direction("upstream"), direction("downstream")],
+            messages: ["upstream", "downstream"]
+                .map(|d| self.websocket_messages_total.with_label_values(&[pool, backend, d])),
+            duration: self.connection_duration.with_label_values(&[pool, k]),
+            handshake: self.handshake_duration.with_label_values(&[pool]),
         }
     }
 
@@ -165,41 +172,65 @@ impl Default for Metrics {
     }
 }
 
-/// One backend's metric handles for plain requests through one listener:
-/// the common case of a request, counted without a label lookup (which
-/// hashes the labels and takes a lock, five times per request).
-pub struct PlainHandles {
-    listener: Arc<str>,
-    /// `tidegate_connections_active{kind="http"}`.
-    pub active: IntGauge,
-    /// `tidegate_connections_total{kind="http",outcome="ok"}`.
-    pub ok: IntCounter,
-    /// `tidegate_requests_total{status="200"}`.
-    pub status_200: IntCounter,
-    /// `tidegate_bytes_total{direction="downstream"}`.
-    pub bytes_down: IntCounter,
-    /// `tidegate_connection_duration_seconds{kind="http"}`.
-    pub duration: Histogram,
+/// The two kinds of exchange, as the `kind` label names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Http,
+    WebSocket,
 }
 
-/// A backend's [`PlainHandles`], one per listener that sent it requests.
-#[derive(Default)]
-pub struct PlainHandleCache(Mutex<Vec<Arc<PlainHandles>>>);
-
-impl std::fmt::Debug for PlainHandleCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PlainHandleCache")
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::WebSocket => "websocket",
+        }
     }
 }
 
-impl PlainHandleCache {
-    /// The handles for `listener`, looked up on first use.
-    pub fn get(&self, metrics: &Metrics, listener: &Arc<str>, pool: &str, backend: &str) -> Arc<PlainHandles> {
+/// One backend's metric handles for one kind of exchange through one
+/// listener: what a request or a tunnel counts in the common case, without a
+/// label lookup each time (a lookup hashes the labels and takes a lock, and a
+/// request or handshake would do several).
+pub struct Handles {
+    listener: Arc<str>,
+    kind: Kind,
+    /// `tidegate_connections_active`.
+    pub active: IntGauge,
+    /// `tidegate_connections_total{outcome="ok"}`.
+    pub ok: IntCounter,
+    /// `tidegate_requests_total` of the usual answer: 200, or 101 for a WebSocket.
+    pub usual_status: IntCounter,
+    /// `tidegate_bytes_total`, upstream and downstream.
+    pub bytes: [IntCounter; 2],
+    /// `tidegate_websocket_messages_total`, upstream and downstream.
+    pub messages: [IntCounter; 2],
+    /// `tidegate_connection_duration_seconds`.
+    pub duration: Histogram,
+    /// `tidegate_handshake_duration_seconds` of the backend's pool.
+    pub handshake: Histogram,
+}
+
+/// A backend's [`Handles`], one per listener and kind that used it.
+#[derive(Default)]
+pub struct HandleCache(Mutex<Vec<Arc<Handles>>>);
+
+impl std::fmt::Debug for HandleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandleCache")
+    }
+}
+
+impl HandleCache {
+    /// The handles for `listener` and `kind`, looked up on first use.
+    pub fn get(&self, metrics: &Metrics, listener: &Arc<str>, kind: Kind, pool: &str, backend: &str) -> Arc<Handles> {
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = cache.iter().find(|h| Arc::ptr_eq(&h.listener, listener) || h.listener == *listener) {
+        let mine =
+            |h: &&Arc<Handles>| h.kind == kind && (Arc::ptr_eq(&h.listener, listener) || h.listener == *listener);
+        if let Some(h) = cache.iter().find(mine) {
             return h.clone();
         }
-        let h = Arc::new(metrics.plain_handles(listener, pool, backend));
+        let h = Arc::new(metrics.handles(listener, kind, pool, backend));
         cache.push(h.clone());
         h
     }

@@ -24,7 +24,7 @@ use tracing::{debug, info};
 
 use crate::balance::hash_key;
 use crate::error::ProxyError;
-use crate::metrics::PlainHandles;
+use crate::metrics::{self, Handles};
 use crate::route;
 use crate::server::Shared;
 use crate::snapshot::{Backend, Pool, Snapshot};
@@ -158,7 +158,8 @@ async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, e
     }
     parts.version = Version::HTTP_11;
 
-    let handles = backend.plain_metrics.get(&ctx.shared.metrics, &ctx.listener, &pool.name, &backend.addr);
+    let handles =
+        backend.metrics.get(&ctx.shared.metrics, &ctx.listener, metrics::Kind::Http, &pool.name, &backend.addr);
     handles.active.inc();
     backend.open.fetch_add(1, Ordering::Relaxed);
     let mut in_flight = InFlight { backend: backend.clone(), handles, started: Instant::now(), conn: None };
@@ -183,19 +184,19 @@ async fn forward(ctx: &Arc<ConnCtx>, req: Request<Incoming>, pool: &Arc<Pool>, e
     backend.connect_succeeded();
     if resp.status() == StatusCode::OK {
         in_flight.handles.ok.inc();
-        in_flight.handles.status_200.inc();
+        in_flight.handles.usual_status.inc();
     } else {
         ex.record(ctx, pool, &backend.addr, ex.kind, "ok", resp.status());
     }
     upstream::strip_hop_by_hop(resp.headers_mut());
-    let bytes = in_flight.handles.bytes_down.clone();
+    let bytes = in_flight.handles.bytes[1].clone();
     resp.map(|body| Either::Left(Tracked { inner: body, bytes, ended: false, in_flight: Some(in_flight) }))
 }
 
 /// Holds a plain exchange open in the metrics until its response body is done.
 pub struct InFlight {
     backend: Arc<Backend>,
-    handles: Arc<PlainHandles>,
+    handles: Arc<Handles>,
     started: Instant,
     /// The backend connection, given back for reuse if the body is read to its end.
     conn: Option<keepalive::Conn>,

@@ -16,7 +16,7 @@ use hyper_util::server::conn::auto;
 
 use crate::balance::Ring;
 use crate::config::{Config, DrainConfig, KeySpec, Limits, ListenerConfig};
-use crate::metrics::PlainHandleCache;
+use crate::metrics::HandleCache;
 use crate::route::Route;
 use crate::upstream::keepalive::IdleConns;
 
@@ -73,8 +73,8 @@ pub struct Backend {
     epoch: Instant,
     /// Idle keep-alive connections for plain requests to this backend.
     pub idle: IdleConns,
-    /// Metric handles for plain requests to this backend.
-    pub plain_metrics: PlainHandleCache,
+    /// Metric handles for requests and tunnels to this backend.
+    pub metrics: HandleCache,
 }
 
 impl Backend {
@@ -91,7 +91,7 @@ impl Backend {
             fail_timeout,
             epoch: Instant::now(),
             idle: IdleConns::default(),
-            plain_metrics: PlainHandleCache::default(),
+            metrics: HandleCache::default(),
         }
     }
 

@@ -116,8 +116,8 @@ impl Drop for PooledBuf {
 /// `/api/connections`) and the aggregated Prometheus ones.
 pub struct Counters<'a> {
     pub tunnel: &'a AtomicU64,
-    pub bytes: IntCounter,
-    pub messages: IntCounter,
+    pub bytes: &'a IntCounter,
+    pub messages: &'a IntCounter,
     /// Where Close frames tidegate sends in this direction are counted (by
     /// the tunnel's pool, the peer that gets them and their code).
     pub closes: &'a IntCounterVec,

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::error::ProxyError;
+use crate::metrics::{self, Handles};
 use crate::proxy::{ConnCtx, Exchange, ProxyBody, Tracked};
 use crate::snapshot::{Backend, Pool};
 use crate::tunnel::{self, Counters};
@@ -141,13 +142,16 @@ pub async fn proxy(
         Ok(Err(e)) => return ex.fail(&ctx, &pool, Some(idx), broke(&backend, e)),
         Ok(Ok(answer)) => answer,
     };
-    ctx.shared.metrics.handshake_duration.with_label_values(&[&*pool.name]).observe(started.elapsed().as_secs_f64());
+    let handles =
+        backend.metrics.get(&ctx.shared.metrics, &ctx.listener, metrics::Kind::WebSocket, &pool.name, &backend.addr);
+    handles.handshake.observe(started.elapsed().as_secs_f64());
     let (headers, backend_early) = match answer {
         Answer::Switching { headers, early } => (headers, early),
         Answer::Refused { read } => return relay_refusal(&ctx, &pool, idx, &ex, stream, read, path).await,
     };
 
-    ex.record(&ctx, &pool, &backend.addr, ex.kind, "ok", StatusCode::SWITCHING_PROTOCOLS);
+    handles.ok.inc();
+    handles.usual_status.inc();
     let mut to_client = Response::new(Either::Right(Default::default()));
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *to_client.headers_mut() = headers;
@@ -156,7 +160,7 @@ pub async fn proxy(
     // No span of its own (nor the connection's, which would then live as its
     // parent): an idle tunnel's memory is what a WebSocket proxy is judged
     // by, and a span costs hundreds of bytes. Its events name it instead.
-    tokio::spawn(run_tunnel(ctx, guard, on_client_upgrade, stream, backend_early));
+    tokio::spawn(run_tunnel(ctx, guard, handles, on_client_upgrade, stream, backend_early));
     to_client
 }
 
@@ -198,6 +202,7 @@ fn broke(backend: &Backend, e: impl std::error::Error + Send + Sync + 'static) -
 fn run_tunnel(
     ctx: Arc<ConnCtx>,
     guard: crate::tunnels::TunnelGuard,
+    handles: Arc<Handles>,
     on_client: OnUpgrade,
     backend: TcpStream,
     backend_early: Bytes,
@@ -206,8 +211,7 @@ fn run_tunnel(
     async move {
         let info = &guard.info;
         let (pool, addr) = (&*info.backend.pool, &*info.backend.addr);
-        let m = &ctx.shared.metrics;
-        let active = m.connections_active.with_label_values(&[&*ctx.listener, pool, addr, "websocket"]);
+        let active = &handles.active;
         active.inc();
         let splice = {
             let client = match on_client.await {
@@ -218,11 +222,11 @@ fn run_tunnel(
                     return;
                 }
             };
-            let counters = |tunnel, direction| Counters {
+            let counters = |tunnel, d: usize| Counters {
                 tunnel,
-                bytes: m.bytes_total.with_label_values(&[pool, addr, direction]),
-                messages: m.websocket_messages_total.with_label_values(&[pool, addr, direction]),
-                closes: &m.close_frames_sent,
+                bytes: &handles.bytes[d],
+                messages: &handles.messages[d],
+                closes: &ctx.shared.metrics.close_frames_sent,
             };
             tunnel::run(
                 client,
@@ -230,8 +234,8 @@ fn run_tunnel(
                 backend_early,
                 ctx.snapshot.limits.splice,
                 info,
-                counters(&info.bytes_up, "upstream"),
-                counters(&info.bytes_down, "downstream"),
+                counters(&info.bytes_up, 0),
+                counters(&info.bytes_down, 1),
             )
         };
         let mut splice = std::pin::pin!(splice);
@@ -249,7 +253,7 @@ fn run_tunnel(
         drop(idle);
         active.dec();
         let age = info.opened.elapsed();
-        m.connection_duration.with_label_values(&[pool, "websocket"]).observe(age.as_secs_f64());
+        handles.duration.observe(age.as_secs_f64());
         info!(
             target: "tidegate::access",
             tunnel = info.id,

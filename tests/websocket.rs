@@ -354,3 +354,47 @@ async fn a_backend_killed_mid_stream_ends_only_its_own_tunnels() {
     // Every client has gone: no tunnel is left behind, dead backend or not.
     assert!(eventually(|| proxy.shared.tunnels.is_empty()).await, "tunnels left: {}", proxy.shared.tunnels.len());
 }
+
+/// The value of the metric line named `name` with every label of `labels`, if any.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn tunnels_and_requests_are_counted_by_kind() {
+    let backend = TestBackend::start("a").await;
+    let proxy = start_proxy(&[backend.addr], "").await;
+    let scrape = || async { String::from_utf8(common::proxy::get(proxy.admin, "/metrics", &[]).await.2).unwrap() };
+
+    let (mut ws, _) = open_ws(addr(&proxy), "/?room=m").await;
+    for _ in 0..3 {
+        assert_eq!(echo(&mut ws, Message::text("hi")).await, Message::text("hi"));
+    }
+    let (status, _, _) = common::proxy::get(addr(&proxy), "/whoami?room=m", &[]).await;
+    assert_eq!(status, 200);
+    let text = scrape().await;
+    let ws_kind = "kind=\"websocket\"";
+    assert_eq!(metric(&text, "tidegate_connections_active", &[ws_kind]), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "tidegate_connections_total", &[ws_kind, "outcome=\"ok\""]), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "tidegate_connections_total", &["kind=\"http\"", "outcome=\"ok\""]), Some(1.0));
+    assert_eq!(metric(&text, "tidegate_requests_total", &["status=\"101\""]), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "tidegate_requests_total", &["status=\"200\""]), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "tidegate_websocket_messages_total", &["direction=\"upstream\""]), Some(3.0));
+    assert_eq!(metric(&text, "tidegate_websocket_messages_total", &["direction=\"downstream\""]), Some(3.0));
+
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = scrape().await;
+        if metric(&text, "tidegate_connections_active", &[ws_kind]) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&text, "tidegate_connections_active", &[ws_kind]), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "tidegate_connection_duration_seconds_count", &[ws_kind]), Some(1.0), "{text}");
+}
