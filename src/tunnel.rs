@@ -26,11 +26,11 @@
 //! Splicing starts only for a payload of `MIN_SPLICE` bytes or more; below
 //! that the copy is cheaper than the extra calls.
 //!
-//! Measured (bench throughput scenario, 8 WebSockets, proxy pinned to one
-//! busy shared core, 10 interleaved runs each): proxy MB per CPU-second went
-//! from 1,119 to 1,432 for 64 KiB messages (x1.28) and from 1,503 to 3,824 for
-//! 1 MiB messages (x2.5). Off by default: it costs file descriptors (see
-//! [`pipe`]) and gains nothing for small messages.
+//! Measured (bench throughput scenario, 8 WebSockets, 3 interleaved rounds;
+//! README): proxy MB per CPU-second went from 1,036 to 1,649 for 64 KiB
+//! messages (x1.6) and from 1,385 to 3,296 for 1 MiB messages (x2.4). Off by
+//! default: it costs file descriptors (see [`pipe`]) and gains nothing for
+//! small messages.
 
 use std::cell::RefCell;
 use std::future::Future;
