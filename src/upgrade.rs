@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
@@ -28,7 +28,7 @@ use crate::metrics::{self, Handles};
 use crate::proxy::{ConnCtx, Exchange, ProxyBody, Tracked};
 use crate::snapshot::{Backend, Pool};
 use crate::tunnel::{self, Counters};
-use crate::upstream::{self, ForwardedFor};
+use crate::upstream::{self, ForwardedFor, Forwarding, HopByHop};
 
 mod backend;
 use backend::Answer;
@@ -90,7 +90,7 @@ pub async fn proxy(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let (mut parts, _) = req.into_parts();
+    let (parts, _) = req.into_parts();
     let limits = &ctx.snapshot.limits;
 
     // Connect, walking the ring past backends that refuse: nothing was sent
@@ -120,21 +120,15 @@ pub async fn proxy(
     let backend = pool.backends[idx].clone();
 
     // The handshake as the backend sees it: end-to-end headers, the upgrade
-    // pair, and who the client is.
-    let upgrade = parts.headers.get(header::UPGRADE).cloned().unwrap_or(HeaderValue::from_static("websocket"));
-    upstream::strip_hop_by_hop(&mut parts.headers);
-    let host = crate::route::request_host(&parts).map(str::to_owned);
-    upstream::add_forwarded(
-        &mut parts.headers,
-        &ForwardedFor { client: ctx.client, proto: ctx.proto, host: host.as_deref() },
-    );
-    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    parts.headers.insert(header::UPGRADE, upgrade);
+    // pair, and who the client is, written straight into one buffer.
+    let upgrade = parts.headers.get(header::UPGRADE).map_or(&b"websocket"[..], |v| v.as_bytes());
+    let client = ForwardedFor { client: ctx.client, proto: ctx.proto, host: crate::route::request_host(&parts) };
+    let forwarding = Forwarding::of(&parts.headers, &client);
     let path = match parts.uri.path_and_query() {
         Some(p) if p.as_str().starts_with('/') => p.as_str(),
         _ => "/",
     };
-    let head = backend::request_head(path, &parts.headers);
+    let head = backend::request_head(path, &parts.headers, &HopByHop::of(&parts.headers), &forwarding, upgrade);
 
     let exchange = backend::exchange(&mut stream, &head, limits.max_header_bytes);
     let answer = match tokio::time::timeout(limits.response_timeout, exchange).await {

@@ -37,22 +37,38 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// The headers of a message that describe its hop: the fixed list, and every
+/// header its `Connection` names.
+pub struct HopByHop {
+    listed: Vec<HeaderName>,
+}
+
+impl HopByHop {
+    pub fn of(headers: &HeaderMap) -> HopByHop {
+        let listed = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        HopByHop { listed }
+    }
+
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        HOP_BY_HOP.contains(name) || name == header::PROXY_AUTHENTICATE || self.listed.contains(name)
+    }
+}
+
 /// Removes hop-by-hop headers, including every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    // Most requests carry none: one pass over the few names present is
+    let hop = HopByHop::of(headers);
+    // Most messages carry none: one pass over the few names present is
     // cheaper than hashing nine absent ones.
-    let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::PROXY_AUTHENTICATE;
-    if listed.is_empty() && !headers.keys().any(hop) {
+    if !headers.keys().any(|name| hop.contains(name)) {
         return;
     }
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    for name in hop.listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
     headers.remove(header::PROXY_AUTHENTICATE);
@@ -70,55 +86,84 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (a client cannot spoof those two).
-///
-/// On every request: the address is formatted once, the values are built
-/// with `push_str` and handed to `HeaderValue` without a copy.
+/// The names [`Forwarding`] sets: a request's own headers of these names are
+/// replaced.
+pub static FORWARDING_NAMES: [HeaderName; 4] =
+    [X_FORWARDED_FOR, header::FORWARDED, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+
+/// The headers tidegate sets on a request to tell the backend about the
+/// client: `X-Forwarded-For` and `Forwarded` extend the client's own,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` replace them (a client cannot
+/// spoof those two).
+pub struct Forwarding<'a> {
+    pub x_forwarded_for: String,
+    pub forwarded: String,
+    pub proto: &'static str,
+    /// `None`: no host known, the client's `X-Forwarded-Host` is dropped.
+    pub host: Option<&'a str>,
+}
+
+impl<'a> Forwarding<'a> {
+    /// Computes the values for a request with `headers` from the client `f`.
+    /// The address is formatted once, the values built with `push_str`.
+    pub fn of(headers: &HeaderMap, f: &ForwardedFor<'a>) -> Forwarding<'a> {
+        let ip = f.client.ip().to_canonical();
+        let ip_text = ip_text(ip);
+
+        let prev_xff = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let mut xff = String::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + ip_text.len());
+        if let Some(prev) = prev_xff {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+        xff.push_str(&ip_text);
+
+        let prev_fwd = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok());
+        let mut fwd = String::with_capacity(prev_fwd.map_or(0, |p| p.len() + 2) + 64);
+        if let Some(prev) = prev_fwd {
+            fwd.push_str(prev);
+            fwd.push_str(", ");
+        }
+        fwd.push_str("for=");
+        if ip.is_ipv6() {
+            fwd.push_str("\"[");
+            fwd.push_str(&ip_text);
+            fwd.push_str("]\"");
+        } else {
+            fwd.push_str(&ip_text);
+        }
+        fwd.push_str(";proto=");
+        fwd.push_str(f.proto);
+        let host = f.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
+        if let Some(host) = host.filter(|h| !h.contains('"')) {
+            fwd.push_str(";host=\"");
+            fwd.push_str(host);
+            fwd.push('"');
+        }
+        Forwarding { x_forwarded_for: xff, forwarded: fwd, proto: f.proto, host }
+    }
+
+    /// The headers to send (`None`: none of that name), in the order of
+    /// [`FORWARDING_NAMES`].
+    pub fn pairs(&self) -> [(&'static HeaderName, Option<&str>); 4] {
+        let [xff, fwd, proto, host] = &FORWARDING_NAMES;
+        [(xff, Some(&self.x_forwarded_for)), (fwd, Some(&self.forwarded)), (proto, Some(self.proto)), (host, self.host)]
+    }
+}
+
+/// Sets the [`Forwarding`] headers on a request about to be forwarded.
 pub fn add_forwarded(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
-    let ip = f.client.ip().to_canonical();
-    let ip_text = ip_text(ip);
-
-    let prev_xff = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let mut xff = String::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + ip_text.len());
-    if let Some(prev) = prev_xff {
-        xff.push_str(prev);
-        xff.push_str(", ");
-    }
-    xff.push_str(&ip_text);
-
-    let prev_fwd = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok());
-    let mut fwd = String::with_capacity(prev_fwd.map_or(0, |p| p.len() + 2) + 64);
-    if let Some(prev) = prev_fwd {
-        fwd.push_str(prev);
-        fwd.push_str(", ");
-    }
-    fwd.push_str("for=");
-    if ip.is_ipv6() {
-        fwd.push_str("\"[");
-        fwd.push_str(&ip_text);
-        fwd.push_str("]\"");
-    } else {
-        fwd.push_str(&ip_text);
-    }
-    fwd.push_str(";proto=");
-    fwd.push_str(f.proto);
-    if let Some(host) = f.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        fwd.push_str(";host=\"");
-        fwd.push_str(host);
-        fwd.push('"');
-    }
+    let fw = Forwarding::of(headers, f);
     // Up to four new entries: grow the map once, not once per insert.
     headers.reserve(4);
-    set(headers, X_FORWARDED_FOR, xff);
-    set(headers, header::FORWARDED, fwd);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
-    match f.host.and_then(|host| HeaderValue::from_str(host).ok()) {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    for (name, value) in fw.pairs() {
+        match value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            Some(value) => {
+                headers.insert(name, value);
+            }
+            None => {
+                headers.remove(name);
+            }
         }
     }
 }
@@ -143,12 +188,6 @@ fn ip_text(ip: IpAddr) -> String {
         text.push(char::from(b'0' + octet % 10));
     }
     text
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(name, v);
-    }
 }
 
 #[cfg(test)]

@@ -398,3 +398,32 @@ async fn tunnels_and_requests_are_counted_by_kind() {
     assert_eq!(metric(&text, "tidegate_connections_active", &[ws_kind]), Some(0.0), "{text}");
     assert_eq!(metric(&text, "tidegate_connection_duration_seconds_count", &[ws_kind]), Some(1.0), "{text}");
 }
+
+#[tokio::test]
+async fn the_backend_sees_end_to_end_headers_and_who_the_client_is() {
+    let backend = TestBackend::start("a").await;
+    let proxy = start_proxy(&[backend.addr], "").await;
+    let mut stream = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let request = "GET /?room=h HTTP/1.1\r\nHost: chat.test\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade, X-Private\r\nX-Private: secret\r\nKeep-Alive: timeout=5\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+        X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Host: spoofed\r\nX-End-To-End: kept\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+
+    let seen = backend.last_request_headers().unwrap();
+    for gone in ["x-private", "keep-alive"] {
+        assert!(seen.get(gone).is_none(), "{gone} was forwarded: {seen:?}");
+    }
+    assert_eq!(seen["x-end-to-end"], "kept");
+    assert_eq!(seen["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(seen["connection"], "Upgrade");
+    assert_eq!(seen["upgrade"], "websocket");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "chat.test");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http;host=\"chat.test\"");
+    assert_eq!(seen.get_all("x-forwarded-host").iter().count(), 1);
+}

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -23,22 +23,37 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::upstream::{FORWARDING_NAMES, Forwarding, HopByHop};
+
 /// Most headers accepted in a backend's answer (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// First read buffer: a `101` head is a few hundred bytes.
 const FIRST_READ: usize = 1024;
 
-/// The handshake request as the backend gets it: request line, `headers`, blank line.
-pub fn request_head(path_and_query: &str, headers: &HeaderMap) -> Vec<u8> {
+/// The handshake request as the backend gets it, written straight from the
+/// client's: request line; the client's end-to-end headers, less those
+/// `forwarding` replaces; the `forwarding` headers; the upgrade pair with the
+/// client's `upgrade` token; blank line.
+pub fn request_head(
+    path_and_query: &str,
+    headers: &HeaderMap,
+    hop: &HopByHop,
+    forwarding: &Forwarding<'_>,
+    upgrade: &[u8],
+) -> Vec<u8> {
     let size = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
-    let mut head = Vec::with_capacity(path_and_query.len() + size + 20);
+    let mut head = Vec::with_capacity(path_and_query.len() + size + 256);
     head.extend_from_slice(b"GET ");
     head.extend_from_slice(path_and_query.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let kept = headers.iter().filter(|(name, _)| !hop.contains(name) && !FORWARDING_NAMES.contains(name));
+    let kept = kept.map(|(name, value)| (name, value.as_bytes()));
+    let forwarded = forwarding.pairs().into_iter().filter_map(|(name, value)| Some((name, value?.as_bytes())));
+    let pair = [(&header::CONNECTION, &b"Upgrade"[..]), (&header::UPGRADE, upgrade)];
+    for (name, value) in kept.chain(forwarded).chain(pair) {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
@@ -193,6 +208,7 @@ impl Write for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::ForwardedFor;
 
     #[test]
     fn the_request_head_is_one_well_formed_block() {
@@ -200,8 +216,16 @@ mod tests {
         h.insert("host", HeaderValue::from_static("chat.test"));
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
-        let head = request_head("/ws?room=1", &h);
-        assert_eq!(head, b"GET /ws?room=1 HTTP/1.1\r\nhost: chat.test\r\nx-multi: a\r\nx-multi: b\r\n\r\n");
+        h.insert("connection", HeaderValue::from_static("Upgrade, X-Hop"));
+        h.insert("x-hop", HeaderValue::from_static("gone"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+        let client = ForwardedFor { client: "10.0.0.7:4000".parse().unwrap(), proto: "http", host: Some("chat.test") };
+        let fw = Forwarding::of(&h, &client);
+        let head = request_head("/ws?room=1", &h, &HopByHop::of(&h), &fw, b"WebSocket");
+        let expected = "GET /ws?room=1 HTTP/1.1\r\nhost: chat.test\r\nx-multi: a\r\nx-multi: b\r\n\
+            x-forwarded-for: 10.0.0.7\r\nforwarded: for=10.0.0.7;proto=http;host=\"chat.test\"\r\n\
+            x-forwarded-proto: http\r\nx-forwarded-host: chat.test\r\nconnection: Upgrade\r\nupgrade: WebSocket\r\n\r\n";
+        assert_eq!(String::from_utf8(head).unwrap(), expected);
     }
 
     #[test]
