@@ -204,16 +204,7 @@ async fn fragmenting_backend(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let head = common::proxy::read_head(&mut s).await;
-        let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).unwrap().trim().to_string();
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        s.write_all(
-            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+        let mut s = common::proxy::accept_websocket(&listener).await;
         // First fragment: text, no FIN, 60,000 bytes, sent in two halves.
         let payload = vec![b'a'; 60_000];
         s.write_all(&[0x01, 126, (60_000u16 >> 8) as u8, 60_000u16 as u8]).await.unwrap();

@@ -202,6 +202,20 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8(head).expect("an ASCII head")
 }
 
+/// Accepts one connection on `listener` and answers its WebSocket handshake
+/// with a `101`: a raw backend, for tests that script the frames themselves.
+pub async fn accept_websocket(listener: &tokio::net::TcpListener) -> TcpStream {
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let head = read_head(&mut s).await;
+    let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a key").trim().to_string();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    s.write_all(answer.as_bytes()).await.expect("write the 101");
+    s
+}
+
 /// Test backends named `names`, started on 127.0.0.1:0.
 pub async fn backends(names: &[&str]) -> Vec<crate::common::backend::TestBackend> {
     let mut out = Vec::new();
