@@ -6,7 +6,6 @@
 //! bytes move: the byte counters are atomics inside each entry.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
@@ -16,13 +15,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::proxy::ConnCtx;
 use crate::snapshot::Backend;
 
 /// One open tunnel.
 pub struct TunnelInfo {
     pub id: u64,
-    pub client: SocketAddr,
-    pub listener: Arc<str>,
+    /// The client connection the tunnel came from (its address, listener and
+    /// snapshot), held for the tunnel's life.
+    pub conn: Arc<ConnCtx>,
     /// The backend, whose `pool` and `addr` say where the tunnel goes and
     /// whose open count the tunnel holds up while it lives.
     pub backend: Arc<Backend>,
@@ -159,20 +160,12 @@ pub struct TunnelView {
 
 impl Tunnels {
     /// Registers a new tunnel; it stays listed until the guard drops.
-    pub fn open(
-        self: &Arc<Self>,
-        client: SocketAddr,
-        listener: Arc<str>,
-        backend: Arc<Backend>,
-        key: &[u8],
-        key_hash: u64,
-    ) -> TunnelGuard {
+    pub fn open(self: &Arc<Self>, conn: Arc<ConnCtx>, backend: Arc<Backend>, key: &[u8], key_hash: u64) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         backend.open.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(TunnelInfo {
             id,
-            client,
-            listener,
+            conn,
             backend,
             key: String::from_utf8_lossy(&key[..key.len().min(128)]).into(),
             key_hash,
@@ -219,8 +212,8 @@ impl Tunnels {
                 let age = t.opened.elapsed();
                 TunnelView {
                     id: t.id,
-                    client: t.client.to_string(),
-                    listener: t.listener.to_string(),
+                    client: t.conn.client.to_string(),
+                    listener: t.conn.listener.to_string(),
                     pool: t.backend.pool.to_string(),
                     backend: t.backend.addr.to_string(),
                     key: t.key.to_string(),

@@ -150,11 +150,11 @@ pub async fn proxy(
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *to_client.headers_mut() = headers;
 
-    let guard = ctx.shared.tunnels.open(ctx.client, ctx.listener.clone(), backend, &ex.key, ex.key_hash);
+    let guard = ctx.shared.tunnels.open(ctx.clone(), backend, &ex.key, ex.key_hash);
     // No span of its own (nor the connection's, which would then live as its
     // parent): an idle tunnel's memory is what a WebSocket proxy is judged
     // by, and a span costs hundreds of bytes. Its events name it instead.
-    tokio::spawn(run_tunnel(ctx, guard, handles, on_client_upgrade, stream, backend_early));
+    tokio::spawn(run_tunnel(guard, handles, on_client_upgrade, stream, backend_early));
     to_client
 }
 
@@ -194,16 +194,16 @@ fn broke(backend: &Backend, e: impl std::error::Error + Send + Sync + 'static) -
 /// block (an `async fn` stores its arguments twice), the handshake's leftovers
 /// scoped so that they are gone before the long wait, the idle timer boxed.
 fn run_tunnel(
-    ctx: Arc<ConnCtx>,
     guard: crate::tunnels::TunnelGuard,
     handles: Arc<Handles>,
     on_client: OnUpgrade,
     backend: TcpStream,
     backend_early: Bytes,
 ) -> impl Future<Output = ()> + Send {
-    let idle_timeout = ctx.snapshot.limits.idle_timeout;
+    let idle_timeout = guard.info.conn.snapshot.limits.idle_timeout;
     async move {
         let info = &guard.info;
+        let ctx = &info.conn;
         let (pool, addr) = (&*info.backend.pool, &*info.backend.addr);
         let active = &handles.active;
         active.inc();

@@ -385,6 +385,14 @@ async fn tunnels_and_requests_are_counted_by_kind() {
     assert_eq!(metric(&text, "tidegate_websocket_messages_total", &["direction=\"upstream\""]), Some(3.0));
     assert_eq!(metric(&text, "tidegate_websocket_messages_total", &["direction=\"downstream\""]), Some(3.0));
 
+    // The tunnel is listed with where it came from and where it goes.
+    let listed = common::proxy::admin_json(proxy.admin, "/api/connections").await;
+    let tunnel = &listed.as_array().or_else(|| listed["tunnels"].as_array()).expect("a list")[0];
+    assert_eq!(tunnel["listener"], "public", "{listed}");
+    assert!(tunnel["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{listed}");
+    assert_eq!(tunnel["backend"], backend.addr.to_string(), "{listed}");
+    assert_eq!(tunnel["key"], "m", "{listed}");
+
     ws.close(None).await.unwrap();
     drop(ws);
     let mut text = String::new();
