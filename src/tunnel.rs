@@ -197,8 +197,9 @@ fn tcp<'a>(
         let mut dirs = [Dir::Forward(upstream, None), Dir::Forward(downstream, None)];
         std::future::poll_fn(|cx| {
             let mut done = true;
-            for dir in &mut dirs {
-                match dir.poll(cx) {
+            for i in 0..2 {
+                let other_done = matches!(dirs[1 - i], Dir::Done);
+                match dirs[i].poll(cx, other_done) {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => {}
                     Poll::Pending => done = false,
@@ -234,12 +235,16 @@ type BoxedIo<'f> = std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send 
 impl<'f, 'h: 'f, 'a: 'h> Dir<'f, 'h, 'a> {
     /// Moves bytes until this direction is done (FIN passed on, goodbye said)
     /// or fails; a forced drain is a failure, which ends the tunnel.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// `last`: the other direction is done, so the sockets close next and
+    /// their close sends the FIN (a half-close first would be a wasted call).
+    fn poll(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<io::Result<()>> {
         loop {
             match self {
                 Dir::Forward(flow, pending) => match std::task::ready!(flow.poll_forward(pending, cx))? {
                     None => {
-                        let _ = socket2::SockRef::from(flow.dst).shutdown(Shutdown::Write);
+                        if !last {
+                            let _ = socket2::SockRef::from(flow.dst).shutdown(Shutdown::Write);
+                        }
                         *self = Dir::Done;
                     }
                     Some(DrainRequest::Force) => return Poll::Ready(Err(io::Error::other("drain deadline reached"))),
