@@ -119,16 +119,7 @@ async fn mixed_sizes_and_fragments_flow_both_ways_at_once() {
         tx.close().await
     });
     for (i, want) in expected.iter().enumerate() {
-        let got = loop {
-            let msg = tokio::time::timeout(Duration::from_secs(20), rx.next())
-                .await
-                .expect("an echo within 20s")
-                .expect("stream open")
-                .expect("valid message");
-            if !matches!(msg, Message::Pong(_)) {
-                break msg;
-            }
-        };
+        let got = common::proxy::next(&mut rx).await;
         assert!(got == *want, "message {i} ({} bytes) changed in transit", sizes[i]);
     }
     sender.await.unwrap().expect("all sent, then a Close");

@@ -54,8 +54,12 @@ pub async fn echo(ws: &mut Ws, msg: Message) -> Message {
     next(ws).await
 }
 
-/// The next message other than a Pong, bounded in time.
-pub async fn next(ws: &mut Ws) -> Message {
+/// The next message other than a Pong, bounded in time (from a whole
+/// WebSocket or the read half of a split one).
+pub async fn next<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
             .await
